@@ -1,0 +1,303 @@
+"""``ICLEmbedder``: bge-en-icl query and passage embeddings, identical to FlagEmbedding's ``FlagICLModel``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bge_icl.batching import length_order, next_batch_end
+from bge_icl.forward import embed_batch
+from bge_icl.inputs import as_text_list
+from bge_icl.loading import DeviceSpec, LoadedModel, load_model, resolve_attention, resolve_devices, resolve_dtype
+from bge_icl.prompts import (
+    DEFAULT_EXAMPLES_INSTRUCTION_FORMAT,
+    DEFAULT_QUERY_INSTRUCTION_FORMAT,
+    DEFAULT_SUFFIX,
+    ICLExample,
+    build_prefix,
+    format_query,
+    validate_examples,
+    validate_template,
+)
+from bge_icl.tokenization import Tokenized
+
+OnTruncation = Literal["warn", "error", "ignore"]
+ON_TRUNCATION = ("warn", "error", "ignore")
+DEFAULT_MAX_BATCH_TOKENS = {"cuda": 65536, "cpu": 16384}
+
+
+class TruncationWarning(UserWarning):
+    """Some texts were longer than ``query_max_length`` / ``passage_max_length`` and were cut."""
+
+
+class TruncationError(ValueError):
+    """Raised instead of :class:`TruncationWarning` when ``on_truncation="error"``."""
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        msg = f"{name} must be a positive int, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+class ICLEmbedder:
+    """bge-en-icl embeddings: few-shot (in-context) queries, plain passages, EOS pooling.
+
+    Behaves like FlagEmbedding 1.4.2's ``FlagICLModel`` (same prompts, same truncation, same
+    vectors), with the device and dtype fixed at load, one encode path for queries and passages,
+    length-sorted token-budget batching and out-of-memory backoff.
+
+    Args:
+        model_name_or_path: Hub id or local directory, loaded with ``from_pretrained``.
+        examples_for_task: Few-shot examples, each ``{"instruct"?, "query", "response"}``; None = zero-shot.
+        query_instruction_for_retrieval: The task instruction put before each query; None = query as is.
+        query_instruction_format: Template with two ``{}``: instruction, query.
+        examples_instruction_format: Template with three ``{}``: instruction, query, response.
+        suffix: Appended after each query (before EOS).
+        query_max_length: Token limit for a query (without the examples prefix), FlagEmbedding's meaning.
+        passage_max_length: Token limit for a passage, special tokens included.
+        normalize_embeddings: L2-normalize the vectors (in float32).
+        devices: FlagEmbedding's meaning: None = first CUDA GPU else CPU; ``0`` or ``[0]`` = ``cuda:0``;
+            ``"cpu"``, ``"cuda:1"``. One device.
+        dtype: ``"auto"`` (float16 on GPU, float32 on CPU), ``"float16"``, ``"bfloat16"``, ``"float32"``
+            or a ``torch.dtype``.
+        batch_size: Most texts per forward pass.
+        max_batch_tokens: Most padded tokens per forward pass; None = 65,536 on GPU, 16,384 on CPU.
+        attn_implementation: ``"sdpa"``, ``"eager"`` or ``"flash_attention_2"``; None = flash-attn 2
+            on GPU when installed, else sdpa.
+        on_truncation: What to do when texts are cut to their max length: ``"warn"`` (one
+            :class:`TruncationWarning` per call), ``"error"`` (raise :class:`TruncationError`), ``"ignore"``.
+        show_progress: Show a progress bar; None = only when a call needs more than one batch.
+        trust_remote_code: Passed to ``from_pretrained``. Off by default.
+        cache_dir: Passed to ``from_pretrained``.
+        revision: Passed to ``from_pretrained``.
+        use_fp16: FlagEmbedding compatibility: False means float32. Used only when ``dtype="auto"``.
+        use_bf16: FlagEmbedding compatibility: True means bfloat16 on GPU. Used only when ``dtype="auto"``.
+
+    Example:
+        >>> emb = ICLEmbedder("BAAI/bge-en-icl", examples_for_task=examples,
+        ...                   query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION)  # doctest: +SKIP
+        >>> emb.encode_queries(["how much protein should a female eat"]).shape  # doctest: +SKIP
+        (1, 4096)
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "BAAI/bge-en-icl",
+        *,
+        examples_for_task: Sequence[Mapping[str, str]] | None = None,
+        query_instruction_for_retrieval: str | None = None,
+        query_instruction_format: str = DEFAULT_QUERY_INSTRUCTION_FORMAT,
+        examples_instruction_format: str = DEFAULT_EXAMPLES_INSTRUCTION_FORMAT,
+        suffix: str = DEFAULT_SUFFIX,
+        query_max_length: int = 512,
+        passage_max_length: int = 512,
+        normalize_embeddings: bool = True,
+        devices: DeviceSpec = None,
+        dtype: str | torch.dtype = "auto",
+        batch_size: int = 32,
+        max_batch_tokens: int | None = None,
+        attn_implementation: str | None = None,
+        on_truncation: OnTruncation = "warn",
+        show_progress: bool | None = None,
+        trust_remote_code: bool = False,
+        cache_dir: str | None = None,
+        revision: str | None = None,
+        use_fp16: bool | None = None,
+        use_bf16: bool | None = None,
+    ) -> None:
+        self._options: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        if not isinstance(model_name_or_path, str) or not model_name_or_path:
+            msg = f"model_name_or_path must be a non-empty str (hub id or local directory), got {model_name_or_path!r}"
+            raise ValueError(msg)
+        if query_instruction_for_retrieval is not None and not isinstance(query_instruction_for_retrieval, str):
+            msg = f"query_instruction_for_retrieval must be a str or None, got {type(query_instruction_for_retrieval).__name__}"
+            raise TypeError(msg)
+        if not isinstance(suffix, str):
+            msg = f"suffix must be a str, got {type(suffix).__name__}"
+            raise TypeError(msg)
+        if on_truncation not in ON_TRUNCATION:
+            msg = f"on_truncation={on_truncation!r} is not supported; valid: {ON_TRUNCATION}"
+            raise ValueError(msg)
+        self.model_name_or_path = model_name_or_path
+        self.query_instruction_for_retrieval = query_instruction_for_retrieval
+        self.query_instruction_format = validate_template("query_instruction_format", query_instruction_format, 2)
+        self.examples_instruction_format = validate_template(
+            "examples_instruction_format", examples_instruction_format, 3
+        )
+        self.examples: tuple[ICLExample, ...] = validate_examples(examples_for_task, query_instruction_for_retrieval)
+        self.suffix = suffix
+        self.prefix = build_prefix(self.examples, self.examples_instruction_format)
+        self.query_max_length = _positive_int("query_max_length", query_max_length)
+        self.passage_max_length = _positive_int("passage_max_length", passage_max_length)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.normalize_embeddings = bool(normalize_embeddings)
+        self.on_truncation: OnTruncation = on_truncation
+        self.show_progress = show_progress
+
+        devs = resolve_devices(devices)
+        if len(devs) != 1:
+            msg = f"devices={devices!r} names {len(devs)} devices; ICLEmbedder runs on one device, pick one of {devs}"
+            raise ValueError(msg)
+        device = devs[0]
+        if dtype == "auto" and (use_fp16 is False or use_bf16):
+            dtype = "bfloat16" if use_bf16 and device != "cpu" else "float32"
+        torch_dtype = resolve_dtype(dtype, device)
+        device_type = torch.device(device).type
+        default_budget = DEFAULT_MAX_BATCH_TOKENS.get(device_type, DEFAULT_MAX_BATCH_TOKENS["cuda"])
+        self.max_batch_tokens = _positive_int(
+            "max_batch_tokens", default_budget if max_batch_tokens is None else max_batch_tokens
+        )
+        self._loaded: LoadedModel = load_model(
+            model_name_or_path,
+            device=device,
+            dtype=torch_dtype,
+            attn_implementation=resolve_attention(attn_implementation, device),
+            trust_remote_code=trust_remote_code,
+            cache_dir=cache_dir,
+            revision=revision,
+        )
+        tok = self._loaded.tokenizer
+        self._query_plan = tok.query_plan(self.prefix, self.suffix, self.query_max_length)
+        if self._query_plan.query_budget <= 0:
+            msg = (
+                f"query_max_length={query_max_length} leaves no room for the query: BOS, the suffix "
+                f"{suffix!r} and EOS take {query_max_length - self._query_plan.query_budget} tokens"
+            )
+            raise ValueError(msg)
+        if self.passage_max_length <= tok.n_special:
+            msg = f"passage_max_length={passage_max_length} leaves no room for text next to {tok.n_special} special tokens"
+            raise ValueError(msg)
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def dimension(self) -> int:
+        """Size of each embedding (the model's hidden size; 4096 for bge-en-icl)."""
+        return self._loaded.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model runs on, fixed at load."""
+        return self._loaded.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's dtype, fixed at load."""
+        return self._loaded.dtype
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The constructor arguments this embedder was built with (a copy)."""
+        return dict(self._options)
+
+    def with_examples(self, examples_for_task: Sequence[Mapping[str, str]] | None) -> ICLEmbedder:
+        """A new embedder with other few-shot examples that shares this one's loaded model.
+
+        Args:
+            examples_for_task: The new examples; None = zero-shot.
+        """
+        return type(self)(**{**self._options, "examples_for_task": examples_for_task})
+
+    def encode_queries(self, queries: str | Iterable[str], *, show_progress: bool | None = None) -> np.ndarray:
+        """Embed queries: ``prefix + instruction-formatted query + suffix``, then EOS.
+
+        Args:
+            queries: One query or a list of them.
+            show_progress: Override the embedder's ``show_progress`` for this call.
+
+        Returns:
+            float32 array, shape (N, dimension), or (dimension,) for a single ``str``.
+        """
+        return self._encode(queries, "queries", show_progress)
+
+    def encode_corpus(self, corpus: str | Iterable[str], *, show_progress: bool | None = None) -> np.ndarray:
+        """Embed passages as they are (no prefix, no instruction), then EOS.
+
+        Returns:
+            float32 array, shape (N, dimension), or (dimension,) for a single ``str``.
+        """
+        return self._encode(corpus, "passages", show_progress)
+
+    encode = encode_corpus
+
+    def tokenize_queries(self, queries: Sequence[str]) -> Tokenized:
+        """The exact token ids the model sees for ``queries`` (special tokens included)."""
+        formatted = [format_query(q, self.query_instruction_for_retrieval, self.query_instruction_format) for q in queries]
+        return self._loaded.tokenizer.queries(formatted, self._query_plan)
+
+    def tokenize_corpus(self, corpus: Sequence[str]) -> Tokenized:
+        """The exact token ids the model sees for ``corpus`` (special tokens included)."""
+        return self._loaded.tokenizer.passages(corpus, self.passage_max_length)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.model_name_or_path!r}, examples={len(self.examples)}, "
+            f"device={str(self.device)!r}, dtype={self.dtype}, dimension={self.dimension})"
+        )
+
+    # -- the one encode path -----------------------------------------------------------------
+
+    def _encode(self, texts: str | Iterable[str], kind: Literal["queries", "passages"], show: bool | None) -> np.ndarray:
+        items, single = as_text_list(texts)
+        if not items:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if kind == "queries":
+            tokenized, limit = self.tokenize_queries(items), ("query_max_length", self.query_max_length)
+        else:
+            tokenized, limit = self.tokenize_corpus(items), ("passage_max_length", self.passage_max_length)
+        self._report_truncation(tokenized.truncated, len(items), kind, limit)
+        vectors = self._embed_ids(tokenized.ids, kind, self.show_progress if show is None else show)
+        return vectors[0] if single else vectors
+
+    def _report_truncation(self, truncated: list[int], n: int, kind: str, limit: tuple[str, int]) -> None:
+        if not truncated or self.on_truncation == "ignore":
+            return
+        msg = (
+            f"{len(truncated)} of {n} {kind} exceeded {limit[0]}={limit[1]} tokens and were truncated "
+            f"(first: item {truncated[0]})"
+        )
+        if self.on_truncation == "error":
+            raise TruncationError(msg + "; shorten or split them, raise the limit, or pass on_truncation='warn'")
+        warnings.warn(msg, TruncationWarning, stacklevel=4)
+
+    def _embed_ids(self, ids: list[list[int]], kind: str, show: bool | None) -> np.ndarray:
+        """Embed token-id lists longest first under the token budget; rows come back in input order."""
+        n = len(ids)
+        out = np.empty((n, self.dimension), dtype=np.float32)
+        order = length_order([len(x) for x in ids])
+        sorted_lengths = [len(ids[i]) for i in order]
+        budget = self.max_batch_tokens
+        loaded = self._loaded
+        disable = (not show) if show is not None else (True if n <= self.batch_size else None)
+        with loaded.lock, tqdm(total=n, desc=f"Embedding {kind}", unit=kind[:-1], disable=disable) as bar:
+            start = 0
+            while start < n:
+                end = next_batch_end(sorted_lengths, start, self.batch_size, budget)
+                rows = order[start:end]
+                try:
+                    vectors = embed_batch(
+                        loaded.model, [ids[i] for i in rows], loaded.tokenizer.pad_id, self.normalize_embeddings
+                    )  # (B, H) float32
+                except torch.OutOfMemoryError as e:
+                    if end - start == 1:
+                        msg = (
+                            f"out of memory on {loaded.device} ({loaded.dtype}) for a single sequence of "
+                            f"{sorted_lengths[start]} tokens; lower query_max_length/passage_max_length, "
+                            "use dtype='float16', or use a device with more memory"
+                        )
+                        raise torch.OutOfMemoryError(msg) from e
+                    budget = max(1, (end - start) * sorted_lengths[start] // 2)  # kept for the rest of the call
+                    if loaded.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                out[rows] = vectors.cpu().numpy()
+                bar.update(len(rows))
+                start = end
+        return out

@@ -1,0 +1,202 @@
+"""Model loading: device, dtype and attention implementation are decided here, once.
+
+Loaded models live in a process-wide registry, so two embedders (or a LangChain and a LlamaIndex
+adapter) with the same model, device, dtype and attention settings share one set of weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import transformers
+from packaging.version import Version
+
+from bge_icl.tokenization import PromptTokenizer
+
+DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+}
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+DeviceSpec = str | int | torch.device | list[str] | list[int] | None
+
+
+def resolve_devices(devices: DeviceSpec) -> list[str]:
+    """Turn FlagEmbedding-style ``devices`` into a list of torch device strings.
+
+    ``None`` means the first CUDA GPU, else the CPU. An int ``i`` (or a list of ints) means
+    ``cuda:i``. Strings are used as given.
+
+    Raises:
+        TypeError: ``devices`` has another type.
+        ValueError: The list is empty, or a CUDA device is asked for and CUDA is not available.
+
+    Example:
+        >>> resolve_devices("cpu")
+        ['cpu']
+    """
+    if devices is None:
+        return ["cuda:0" if torch.cuda.is_available() else "cpu"]
+    if isinstance(devices, bool):
+        msg = f"devices={devices!r} is not a device; use a str like 'cpu' or 'cuda:0', an int GPU index, or a list"
+        raise TypeError(msg)
+    items: list[Any] = list(devices) if isinstance(devices, (list, tuple)) else [devices]
+    if not items:
+        msg = "devices=[] names no device; use None (auto), 'cpu', 'cuda:0', 0, or a list of them"
+        raise ValueError(msg)
+    out = []
+    for d in items:
+        if isinstance(d, bool) or not isinstance(d, (str, int, torch.device)):
+            msg = f"devices entry {d!r} is {type(d).__name__}; expected a str like 'cpu'/'cuda:0' or an int GPU index"
+            raise TypeError(msg)
+        name = f"cuda:{d}" if isinstance(d, int) else str(d)
+        try:
+            dev = torch.device(name)
+        except RuntimeError as e:
+            msg = f"devices entry {d!r} is not a torch device; valid examples: 'cpu', 'cuda', 'cuda:1', 0"
+            raise ValueError(msg) from e
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                msg = f"device {name!r} was asked for, but CUDA is not available here; use devices='cpu'"
+                raise ValueError(msg)
+            index = dev.index if dev.index is not None else 0
+            if index >= torch.cuda.device_count():
+                msg = f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) are visible"
+                raise ValueError(msg)
+            name = f"cuda:{index}"
+        out.append(name)
+    return out
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+    """``"auto"`` is float16 on a GPU and float32 on the CPU; otherwise the named dtype.
+
+    Raises:
+        ValueError: An unknown dtype name or a non-floating torch dtype.
+    """
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            msg = f"dtype={dtype} is not supported; valid: 'auto', 'float16', 'bfloat16', 'float32'"
+            raise ValueError(msg)
+        return dtype
+    if dtype == "auto":
+        return torch.float32 if torch.device(device).type == "cpu" else torch.float16
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    msg = f"dtype={dtype!r} is not supported; valid: 'auto', {', '.join(repr(k) for k in DTYPES)} or a torch.dtype"
+    raise ValueError(msg)
+
+
+def resolve_attention(attn_implementation: str | None, device: str) -> str:
+    """``None`` picks ``flash_attention_2`` on a GPU when flash-attn is installed, else ``sdpa``."""
+    if attn_implementation is None:
+        on_gpu = torch.device(device).type == "cuda"
+        return "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") else "sdpa"
+    if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+        msg = f"attn_implementation={attn_implementation!r} is not supported; valid: {ATTENTION_IMPLEMENTATIONS}"
+        raise ValueError(msg)
+    return attn_implementation
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One loaded model, its tokenizer, and the lock that serializes forward passes on it.
+
+    Attributes:
+        model: The ``transformers`` base model (``MistralModel`` for bge-en-icl), in eval mode.
+        tokenizer: Its tokenizer, wrapped with bge-en-icl's query and passage rules.
+        device: Where the model lives.
+        dtype: The model's parameter dtype.
+        attn_implementation: The attention kernel family in use.
+        key: The registry key.
+        lock: Held for the whole forward loop of one encode call.
+    """
+
+    model: Any
+    tokenizer: PromptTokenizer
+    device: torch.device
+    dtype: torch.dtype
+    attn_implementation: str
+    key: tuple[Any, ...]
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def hidden_size(self) -> int:
+        """Embedding dimension."""
+        return int(self.model.config.hidden_size)
+
+
+_REGISTRY: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = weakref.WeakValueDictionary()
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _dtype_kwarg() -> str:
+    # transformers 4.56 renamed ``torch_dtype`` to ``dtype``; 5.x deprecates the old name.
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+def _not_found(model_name_or_path: str, error: Exception) -> OSError:
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    msg = (
+        f"cannot load model {model_name_or_path!r}: it is not a local directory with a model, and it could not "
+        f"be loaded from the Hugging Face cache or Hub ({type(error).__name__}: {first_line}). "
+        "Fixes: pass a local directory that holds config.json, the weights and the tokenizer; or download the "
+        "model once with network access (`huggingface-cli download BAAI/bge-en-icl`) into the cache that "
+        "HF_HOME points at, and set HF_HUB_OFFLINE=1 to use only that cache."
+    )
+    return OSError(msg)
+
+
+def load_model(
+    model_name_or_path: str,
+    *,
+    device: str,
+    dtype: torch.dtype,
+    attn_implementation: str,
+    trust_remote_code: bool = False,
+    cache_dir: str | None = None,
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load (or reuse) a model and tokenizer, placed on ``device`` in ``dtype``, in eval mode.
+
+    Two calls with the same arguments return the same :class:`LoadedModel` while either caller
+    still holds it.
+
+    Raises:
+        OSError: The path or hub id cannot be loaded; the message says how to fix it.
+    """
+    source = os.path.realpath(os.path.expanduser(model_name_or_path))
+    if not os.path.isdir(source):
+        source = model_name_or_path
+    key = (source, device, dtype, attn_implementation, trust_remote_code, cache_dir, revision)
+    with _REGISTRY_LOCK:
+        found = _REGISTRY.get(key)
+        if found is not None:
+            return found
+        from transformers import AutoModel, AutoTokenizer
+
+        common: dict[str, Any] = {"trust_remote_code": trust_remote_code, "cache_dir": cache_dir, "revision": revision}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **common)
+            model = AutoModel.from_pretrained(
+                source, attn_implementation=attn_implementation, **{_dtype_kwarg(): dtype}, **common
+            )
+        except OSError as e:
+            raise _not_found(model_name_or_path, e) from e
+        prompt_tokenizer = PromptTokenizer(tokenizer)  # raises when there is no EOS token
+        model = model.to(device).eval()
+        loaded = LoadedModel(model, prompt_tokenizer, torch.device(device), dtype, attn_implementation, key)
+        _REGISTRY[key] = loaded
+        return loaded
