@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 from bge_icl.encoder import ICLEmbedder, TruncationError, TruncationWarning
-from bge_icl.prompts import ICLExample, WEB_SEARCH_INSTRUCTION
+from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample
 
 __all__ = ["WEB_SEARCH_INSTRUCTION", "ICLEmbedder", "ICLExample", "TruncationError", "TruncationWarning"]
 __version__ = "0.1.0"

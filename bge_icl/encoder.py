@@ -117,7 +117,8 @@ class ICLEmbedder:
             msg = f"model_name_or_path must be a non-empty str (hub id or local directory), got {model_name_or_path!r}"
             raise ValueError(msg)
         if query_instruction_for_retrieval is not None and not isinstance(query_instruction_for_retrieval, str):
-            msg = f"query_instruction_for_retrieval must be a str or None, got {type(query_instruction_for_retrieval).__name__}"
+            kind = type(query_instruction_for_retrieval).__name__
+            msg = f"query_instruction_for_retrieval must be a str or None, got {kind}"
             raise TypeError(msg)
         if not isinstance(suffix, str):
             msg = f"suffix must be a str, got {type(suffix).__name__}"
@@ -172,7 +173,10 @@ class ICLEmbedder:
             )
             raise ValueError(msg)
         if self.passage_max_length <= tok.n_special:
-            msg = f"passage_max_length={passage_max_length} leaves no room for text next to {tok.n_special} special tokens"
+            msg = (
+                f"passage_max_length={passage_max_length} leaves no room for text next to "
+                f"{tok.n_special} special tokens"
+            )
             raise ValueError(msg)
 
     # -- public API -------------------------------------------------------------------------
@@ -229,7 +233,9 @@ class ICLEmbedder:
 
     def tokenize_queries(self, queries: Sequence[str]) -> Tokenized:
         """The exact token ids the model sees for ``queries`` (special tokens included)."""
-        formatted = [format_query(q, self.query_instruction_for_retrieval, self.query_instruction_format) for q in queries]
+        formatted = [
+            format_query(q, self.query_instruction_for_retrieval, self.query_instruction_format) for q in queries
+        ]
         return self._loaded.tokenizer.queries(formatted, self._query_plan)
 
     def tokenize_corpus(self, corpus: Sequence[str]) -> Tokenized:
@@ -244,7 +250,9 @@ class ICLEmbedder:
 
     # -- the one encode path -----------------------------------------------------------------
 
-    def _encode(self, texts: str | Iterable[str], kind: Literal["queries", "passages"], show: bool | None) -> np.ndarray:
+    def _encode(
+        self, texts: str | Iterable[str], kind: Literal["queries", "passages"], show: bool | None
+    ) -> np.ndarray:
         items, single = as_text_list(texts)
         if not items:
             return np.zeros((0, self.dimension), dtype=np.float32)

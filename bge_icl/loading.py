@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import transformers
+from huggingface_hub.errors import HFValidationError
 from packaging.version import Version
 
 from bge_icl.tokenization import PromptTokenizer
@@ -193,7 +194,7 @@ def load_model(
             model = AutoModel.from_pretrained(
                 source, attn_implementation=attn_implementation, **{_dtype_kwarg(): dtype}, **common
             )
-        except OSError as e:
+        except (OSError, HFValidationError) as e:  # 4.x raises HFValidationError for a missing absolute path
             raise _not_found(model_name_or_path, e) from e
         prompt_tokenizer = PromptTokenizer(tokenizer)  # raises when there is no EOS token
         model = model.to(device).eval()

@@ -4,8 +4,8 @@ This module only builds strings. Tokenization lives in :mod:`bge_icl.tokenizatio
 
 Anatomy of an ICL query (FlagEmbedding's ``ICLLLMEmbedder`` layout)::
 
-    <s> <instruct>{task}\\n<query>{q1}\\n<response>{p1} \\n\\n ... \\n\\n <instruct>{task}\\n<query>{query} \\n<response> </s>
-        |------------------------ prefix (examples) -------------------|-------- formatted query ----|-- suffix --|
+    <s> <instruct>{task}\\n<query>{q1}\\n<response>{p1}\\n\\n ... <instruct>{task}\\n<query>{query} \\n<response> </s>
+        |------------------- prefix (examples) ---------------------|---- formatted query -----|- suffix -|
 """
 
 from __future__ import annotations

@@ -35,8 +35,6 @@ def _require(module: str) -> Any:
         raise ImportError(msg) from e
 
 
-
-
 def sentencepiece_model_path() -> Path:
     """Path of ``tokenizer.model.v1`` (Mistral-7B v0.1 sentencepiece) inside ``mistral-common``."""
     _require("mistral_common")
@@ -49,7 +47,7 @@ def _backend_tokenizer_json(add_eos_token: bool) -> str:
     sp = spm.SentencePieceProcessor(model_file=str(sentencepiece_model_path()))
     vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
     # Merges as transformers 4.x's SentencePieceExtractor orders them: by the merged piece's score.
-    ranked = []
+    ranked: list[tuple[float, int, tuple[str, str]]] = []
     for piece, pid in vocab.items():
         splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
         splits.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
@@ -59,9 +57,7 @@ def _backend_tokenizer_json(add_eos_token: bool) -> str:
     model = tk.models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True)
     tok = tk.Tokenizer(model)
     # legacy=True layout: prepend "▁" and turn spaces into "▁" in the normalizer, no pre-tokenizer.
-    tok.normalizer = tk.normalizers.Sequence(
-        [tk.normalizers.Prepend("▁"), tk.normalizers.Replace(" ", "▁")]
-    )
+    tok.normalizer = tk.normalizers.Sequence([tk.normalizers.Prepend("▁"), tk.normalizers.Replace(" ", "▁")])
     tok.decoder = tk.decoders.Sequence(
         [tk.decoders.Replace("▁", " "), tk.decoders.ByteFallback(), tk.decoders.Fuse(), tk.decoders.Strip(" ", 1, 0)]
     )

@@ -1,0 +1,42 @@
+# One command for each job; each creates what it needs on a fresh clone.
+#   make demo   - set up .venv and run the model-card example (BAAI/bge-en-icl; MODEL=path for a local checkpoint)
+#   make test   - set up .venv (transformers 5.x) and .venv-ref (transformers 4.57 + FlagEmbedding 1.4.2),
+#                 then lint, type-check and run the suite in both, including FlagICLModel parity.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+REF := .venv-ref
+PIP_FLAGS := -q --disable-pip-version-check
+MODEL ?= BAAI/bge-en-icl
+
+.PHONY: demo demo-tiny test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) "$(TORCH)"
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e ".[test]"
+	touch $@
+
+$(REF)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(REF)
+	$(REF)/bin/pip install $(PIP_FLAGS) "$(TORCH)"
+	$(REF)/bin/pip install $(PIP_FLAGS) -e ".[testing]" "transformers==4.57.*" "FlagEmbedding==1.4.2" "pytest>=8"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/python -m bge_icl.quickstart --model "$(MODEL)"
+
+demo-tiny: $(VENV)/.installed
+	$(VENV)/bin/python -c "from bge_icl.testing import build_checkpoint; build_checkpoint('.cache/tiny-bge-icl')"
+	$(VENV)/bin/python -m bge_icl.quickstart --model .cache/tiny-bge-icl --devices cpu
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: $(VENV)/.installed $(REF)/.installed lint
+	$(VENV)/bin/python -m pytest -q
+	$(REF)/bin/python -m pytest -q -p no:cacheprovider tests/bge_icl
+
+clean:
+	rm -rf $(VENV) $(REF) .cache
