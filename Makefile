@@ -9,7 +9,7 @@ REF := .venv-ref
 PIP_FLAGS := -q --disable-pip-version-check
 MODEL ?= BAAI/bge-en-icl
 
-.PHONY: demo demo-tiny test lint clean
+.PHONY: demo demo-tiny test lint clean bench-cpu
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,6 @@ test: $(VENV)/.installed $(REF)/.installed lint
 
 clean:
 	rm -rf $(VENV) $(REF) .cache
+
+bench-cpu: $(REF)/.installed
+	$(REF)/bin/python benchmarks/bench_cpu.py

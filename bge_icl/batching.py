@@ -12,18 +12,21 @@ def length_order(lengths: Sequence[int]) -> np.ndarray:
     return np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
 
 
-def next_batch_end(sorted_lengths: Sequence[int], start: int, batch_size: int, max_batch_tokens: int) -> int:
+def next_batch_end(
+    sorted_lengths: Sequence[int], start: int, batch_size: int, max_batch_tokens: int, overhead: int = 0
+) -> int:
     """End (exclusive) of the batch that starts at ``start`` in a longest-first list.
 
     A batch takes at most ``batch_size`` rows and at most ``max_batch_tokens`` padded tokens
-    (rows x longest row). It always takes at least one row, however long.
+    (rows x (longest row + ``overhead``), where ``overhead`` counts cached prefix tokens that every
+    row attends to). It always takes at least one row, however long.
 
     Example:
         >>> next_batch_end([10, 8, 8, 3], 0, batch_size=8, max_batch_tokens=25)
         2
     """
     longest = max(int(sorted_lengths[start]), 1)
-    rows = max(1, min(batch_size, max_batch_tokens // longest))
+    rows = max(1, min(batch_size, max_batch_tokens // (longest + overhead)))
     return min(start + rows, len(sorted_lengths))
 
 

@@ -14,6 +14,7 @@ from bge_icl.batching import length_order, next_batch_end
 from bge_icl.forward import embed_batch
 from bge_icl.inputs import as_text_list
 from bge_icl.loading import DeviceSpec, LoadedModel, load_model, resolve_attention, resolve_devices, resolve_dtype
+from bge_icl.prefix_cache import PrefixCache, attention_window, build_prefix_cache
 from bge_icl.prompts import (
     DEFAULT_EXAMPLES_INSTRUCTION_FORMAT,
     DEFAULT_QUERY_INSTRUCTION_FORMAT,
@@ -71,6 +72,8 @@ class ICLEmbedder:
         max_batch_tokens: Most padded tokens per forward pass; None = 65,536 on GPU, 16,384 on CPU.
         attn_implementation: ``"sdpa"``, ``"eager"`` or ``"flash_attention_2"``; None = flash-attn 2
             on GPU when installed, else sdpa.
+        prefix_cache: Run the constant few-shot prefix once and reuse its keys/values for every query
+            (same vectors, much less compute). False always runs the whole prompt.
         on_truncation: What to do when texts are cut to their max length: ``"warn"`` (one
             :class:`TruncationWarning` per call), ``"error"`` (raise :class:`TruncationError`), ``"ignore"``.
         show_progress: Show a progress bar; None = only when a call needs more than one batch.
@@ -104,6 +107,7 @@ class ICLEmbedder:
         batch_size: int = 32,
         max_batch_tokens: int | None = None,
         attn_implementation: str | None = None,
+        prefix_cache: bool = True,
         on_truncation: OnTruncation = "warn",
         show_progress: bool | None = None,
         trust_remote_code: bool = False,
@@ -141,6 +145,10 @@ class ICLEmbedder:
         self.normalize_embeddings = bool(normalize_embeddings)
         self.on_truncation: OnTruncation = on_truncation
         self.show_progress = show_progress
+        self.prefix_cache = bool(prefix_cache)
+        self._prefix: PrefixCache | None = None
+        self._prefix_built = False
+        self.cache_stats = {"hits": 0, "misses": 0}  # queries run on the prefix cache / as whole prompts
 
         devs = resolve_devices(devices)
         if len(devs) != 1:
@@ -275,37 +283,84 @@ class ICLEmbedder:
             raise TruncationError(msg + "; shorten or split them, raise the limit, or pass on_truncation='warn'")
         warnings.warn(msg, TruncationWarning, stacklevel=4)
 
+    def _prefix_cache(self) -> PrefixCache | None:
+        """Build (once, under the model lock) the key/value cache of the constant query start."""
+        if not self._prefix_built:
+            ids = self._stable_prefix_ids()
+            window = attention_window(self._loaded.model)
+            usable = len(ids) > len(self._loaded.tokenizer.head) and (window is None or len(ids) < window)
+            self._prefix = build_prefix_cache(self._loaded.model, ids) if usable else None
+            self._prefix_built = True
+        return self._prefix
+
+    def _stable_prefix_ids(self) -> list[int]:
+        """The ids every query starts with: the common start of two probe queries, cut after its last
+        special token (``<query>``) when it has one, else one token short, so query text never merges in."""
+        a, b = self.tokenize_queries(["a", "1"]).ids
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        common = a[:n]
+        special = set(self._loaded.tokenizer.tokenizer.all_special_ids) - set(self._loaded.tokenizer.head)
+        last_special = max((i for i, t in enumerate(common) if t in special), default=None)
+        return common[: last_special + 1] if last_special is not None else common[:-1]
+
     def _embed_ids(self, ids: list[list[int]], kind: str, show: bool | None) -> np.ndarray:
-        """Embed token-id lists longest first under the token budget; rows come back in input order."""
+        """Embed token-id lists longest first under the token budget; rows come back in input order.
+
+        Queries that start with the cached prefix run on it; the rest run as whole prompts.
+        """
         n = len(ids)
         out = np.empty((n, self.dimension), dtype=np.float32)
-        order = length_order([len(x) for x in ids])
-        sorted_lengths = [len(ids[i]) for i in order]
-        budget = self.max_batch_tokens
         loaded = self._loaded
         disable = (not show) if show is not None else (True if n <= self.batch_size else None)
         with loaded.lock, tqdm(total=n, desc=f"Embedding {kind}", unit=kind[:-1], disable=disable) as bar:
-            start = 0
-            while start < n:
-                end = next_batch_end(sorted_lengths, start, self.batch_size, budget)
-                rows = order[start:end]
-                try:
-                    vectors = embed_batch(
-                        loaded.model, [ids[i] for i in rows], loaded.tokenizer.pad_id, self.normalize_embeddings
-                    )  # (B, H) float32
-                except torch.OutOfMemoryError as e:
-                    if end - start == 1:
-                        msg = (
-                            f"out of memory on {loaded.device} ({loaded.dtype}) for a single sequence of "
-                            f"{sorted_lengths[start]} tokens; lower query_max_length/passage_max_length, "
-                            "use dtype='float16', or use a device with more memory"
-                        )
-                        raise torch.OutOfMemoryError(msg) from e
-                    budget = max(1, (end - start) * sorted_lengths[start] // 2)  # kept for the rest of the call
-                    if loaded.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    continue
-                out[rows] = vectors.cpu().numpy()
-                bar.update(len(rows))
-                start = end
+            prefix = self._prefix_cache() if kind == "queries" and self.prefix_cache else None
+            groups: list[tuple[list[int], PrefixCache | None]] = [(list(range(n)), None)]
+            if prefix is not None:
+                window = attention_window(loaded.model)
+                hits = [i for i in range(n) if prefix.covers(ids[i], window)]
+                misses = sorted(set(range(n)) - set(hits))
+                groups = [(hits, prefix), (misses, None)]
+                self.cache_stats["hits"] += len(hits)
+                self.cache_stats["misses"] += len(misses)
+            budget = self.max_batch_tokens
+            for subset, cache in groups:
+                budget = self._run_group(ids, subset, cache, budget, out, bar)
         return out
+
+    def _run_group(
+        self,
+        ids: list[list[int]],
+        subset: list[int],
+        prefix: PrefixCache | None,
+        budget: int,
+        out: np.ndarray,
+        bar: Any,
+    ) -> int:
+        """Embed ``ids[subset]`` into ``out``; halve the token budget on OOM and return the budget in force."""
+        skip = prefix.length if prefix is not None else 0
+        order = [subset[j] for j in length_order([len(ids[i]) - skip for i in subset])]
+        sorted_lengths = [len(ids[i]) - skip for i in order]
+        loaded, start = self._loaded, 0
+        while start < len(order):
+            end = next_batch_end(sorted_lengths, start, self.batch_size, budget, overhead=skip)
+            rows = order[start:end]
+            try:
+                vectors = embed_batch(
+                    loaded.model, [ids[i] for i in rows], loaded.tokenizer.pad_id, self.normalize_embeddings, prefix
+                )  # (B, H) float32
+            except torch.OutOfMemoryError as e:
+                if end - start == 1:
+                    msg = (
+                        f"out of memory on {loaded.device} ({loaded.dtype}) for a single sequence of "
+                        f"{sorted_lengths[start] + skip} tokens; lower query_max_length/passage_max_length, "
+                        "use dtype='float16', or use a device with more memory"
+                    )
+                    raise torch.OutOfMemoryError(msg) from e
+                budget = max(1, (end - start) * (sorted_lengths[start] + skip) // 2)  # kept for the rest of the call
+                if loaded.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            out[rows] = vectors.cpu().numpy()
+            bar.update(len(rows))
+            start = end
+        return budget

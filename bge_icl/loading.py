@@ -181,6 +181,8 @@ def load_model(
     source = os.path.realpath(os.path.expanduser(model_name_or_path))
     if not os.path.isdir(source):
         source = model_name_or_path
+    elif not os.path.isfile(os.path.join(source, "config.json")):
+        raise _not_found(model_name_or_path, FileNotFoundError(f"no config.json in {source}"))
     key = (source, device, dtype, attn_implementation, trust_remote_code, cache_dir, revision)
     with _REGISTRY_LOCK:
         found = _REGISTRY.get(key)

@@ -82,6 +82,11 @@ def test_missing_path_explains_the_fix(tmp_path: Path) -> None:
         ICLEmbedder(missing, devices="cpu")
 
 
+def test_directory_without_a_model_explains_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match=re.escape("FileNotFoundError: no config.json in")):
+        ICLEmbedder(str(tmp_path), devices="cpu")
+
+
 def test_tokenizer_without_eos_is_rejected(tiny_dir: Path, tmp_path: Path) -> None:
     import json
     import shutil

@@ -1,0 +1,24 @@
+"""LangChain adapter for bge-icl: ``BgeIclEmbeddings``, a drop-in for ``HuggingFaceEmbeddings``.
+
+Example:
+    >>> from langchain_bge_icl import BgeIclEmbeddings  # doctest: +SKIP
+    >>> embeddings = BgeIclEmbeddings(model="BAAI/bge-en-icl", examples_for_task=[...])  # doctest: +SKIP
+    >>> len(embeddings.embed_query("how much protein should a female eat"))  # doctest: +SKIP
+    4096
+"""
+
+from __future__ import annotations
+
+try:
+    import langchain_core  # noqa: F401
+except ImportError as e:
+    msg = (
+        f"langchain_bge_icl needs langchain-core, which could not be imported ({e}); "
+        "install it with: pip install 'bge-icl[langchain]'"
+    )
+    raise ImportError(msg) from e
+
+from langchain_bge_icl.cache import CachedBgeIclEmbeddings, cache_namespaces
+from langchain_bge_icl.embeddings import BgeIclEmbeddings
+
+__all__ = ["BgeIclEmbeddings", "CachedBgeIclEmbeddings", "cache_namespaces"]
