@@ -1,0 +1,96 @@
+"""BgeIclEmbedding inside LlamaIndex: Settings, VectorStoreIndex, retrievers, query engines, ingestion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_index.core")
+
+from llama_index.core import Document, Settings, VectorStoreIndex
+from llama_index.core.ingestion import IngestionPipeline
+from llama_index.core.llms import MockLLM
+from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
+
+from bge_icl import ICLEmbedder
+from llamaindex_bge_icl import BgeIclEmbedding
+from tests.conftest import NOTEBOOK_DOCUMENTS, NOTEBOOK_QUERIES
+from tests.llamaindex_bge_icl.conftest import CORPUS
+
+TOP_K = 3
+
+
+def brute_force(core: ICLEmbedder, query: str, nodes: list[BaseNode], k: int) -> list[tuple[str, float]]:
+    """Top-k (node text, cosine) over the core's vectors of each node's embed-mode text."""
+    texts = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+    passages, q = core.encode_corpus(texts), core.encode_queries([query])[0]
+    scores = passages @ q / (np.linalg.norm(passages, axis=1) * np.linalg.norm(q))
+    return [(texts[i], float(scores[i])) for i in np.argsort(-scores)[:k]]
+
+
+def assert_ranked_like(hits: list[NodeWithScore], expected: list[tuple[str, float]]) -> None:
+    assert [h.node.get_content(metadata_mode=MetadataMode.EMBED) for h in hits] == [t for t, _ in expected]
+    np.testing.assert_allclose(np.array([h.score for h in hits]), np.array([s for _, s in expected]), atol=1e-5)
+
+
+@pytest.fixture
+def settings_embed_model(emb: BgeIclEmbedding) -> Iterator[BgeIclEmbedding]:
+    saved = Settings._embed_model
+    Settings.embed_model = emb
+    yield emb
+    Settings._embed_model = saved
+
+
+def test_settings_index_retriever_rank_like_brute_force(
+    settings_embed_model: BgeIclEmbedding, core: ICLEmbedder
+) -> None:
+    assert Settings.embed_model is settings_embed_model
+    index = VectorStoreIndex.from_documents([Document(text=t) for t in CORPUS])  # no embed_model: Settings'
+    nodes = list(index.docstore.docs.values())
+    assert len(nodes) == len(CORPUS)
+    retriever = index.as_retriever(similarity_top_k=TOP_K)
+    for query in NOTEBOOK_QUERIES:
+        assert_ranked_like(retriever.retrieve(query), brute_force(core, query, nodes, TOP_K))
+
+
+async def test_index_with_metadata_and_query_engine(emb: BgeIclEmbedding, core: ICLEmbedder) -> None:
+    docs = [Document(text=t, metadata={"source": f"doc-{i}"}) for i, t in enumerate(CORPUS)]
+    index = VectorStoreIndex.from_documents(docs, embed_model=emb)
+    nodes = list(index.docstore.docs.values())
+    assert all("source: doc-" in n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes)
+    query = NOTEBOOK_QUERIES[0]
+    expected = brute_force(core, query, nodes, TOP_K)
+    assert_ranked_like(index.as_retriever(similarity_top_k=TOP_K).retrieve(query), expected)
+    assert_ranked_like(await index.as_retriever(similarity_top_k=TOP_K).aretrieve(query), expected)
+
+    engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=TOP_K)
+    response = engine.query(query)
+    assert isinstance(str(response), str)
+    assert_ranked_like(response.source_nodes, expected)
+
+
+def test_ingestion_pipeline_embeds_nodes_in_embed_mode(emb: BgeIclEmbedding, core: ICLEmbedder) -> None:
+    docs = [
+        Document(
+            text=" ".join([t] * 3),
+            metadata={"title": f"notebook {i}", "secret": "x"},
+            excluded_embed_metadata_keys=["secret"],
+        )
+        for i, t in enumerate(NOTEBOOK_DOCUMENTS)
+    ]
+    pipeline = IngestionPipeline(transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0), emb])
+    nodes = pipeline.run(documents=docs)
+    assert len(nodes) > len(docs)
+    texts = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+    assert all(t.startswith("title: notebook") and "secret" not in t for t in texts)
+    np.testing.assert_allclose(np.array([n.embedding for n in nodes]), core.encode_corpus(texts), atol=1e-5)
+
+
+async def test_ingestion_pipeline_async(emb: BgeIclEmbedding, core: ICLEmbedder) -> None:
+    pipeline = IngestionPipeline(transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0), emb])
+    nodes = await pipeline.arun(documents=[Document(text=t) for t in NOTEBOOK_DOCUMENTS])
+    texts = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+    np.testing.assert_allclose(np.array([n.embedding for n in nodes]), core.encode_corpus(texts), atol=1e-5)
