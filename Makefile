@@ -1,7 +1,8 @@
 # One command for each job; each creates what it needs on a fresh clone.
-#   make demo   - set up .venv and run the model-card example (BAAI/bge-en-icl; MODEL=path for a local checkpoint)
+#   make demo   - set up .venv and run `bge-icl demo`: the model-card example, then a small corpus through the
+#                 LangChain and LlamaIndex adapters (BAAI/bge-en-icl; MODEL=path for a local checkpoint)
 #   make test   - set up .venv (transformers 5.x) and .venv-ref (transformers 4.57 + FlagEmbedding 1.4.2),
-#                 then lint, type-check and run the suite in both, including FlagICLModel parity.
+#                 then lint, type-check and run the suite in both, including FlagICLModel parity, and build the docs.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
@@ -20,15 +21,15 @@ $(VENV)/.installed: pyproject.toml
 $(REF)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(REF)
 	$(REF)/bin/pip install $(PIP_FLAGS) "$(TORCH)"
-	$(REF)/bin/pip install $(PIP_FLAGS) -e ".[testing]" "transformers==4.57.*" "FlagEmbedding==1.4.2" "pytest>=8"
+	$(REF)/bin/pip install $(PIP_FLAGS) -e ".[testing]" "transformers==4.57.*" "FlagEmbedding==1.4.2" "pytest>=8" "pytest-asyncio>=0.24" "hypothesis>=6.100"
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/python -m bge_icl.quickstart --model "$(MODEL)"
+	$(VENV)/bin/bge-icl demo --model "$(MODEL)"
 
 demo-tiny: $(VENV)/.installed
 	$(VENV)/bin/python -c "from bge_icl.testing import build_checkpoint; build_checkpoint('.cache/tiny-bge-icl')"
-	$(VENV)/bin/python -m bge_icl.quickstart --model .cache/tiny-bge-icl --devices cpu
+	$(VENV)/bin/bge-icl demo --model .cache/tiny-bge-icl --devices cpu
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -36,6 +37,7 @@ lint: $(VENV)/.installed
 
 test: $(VENV)/.installed $(REF)/.installed lint
 	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/mkdocs build --strict -q
 	$(REF)/bin/python -m pytest -q -p no:cacheprovider tests/bge_icl
 
 clean:
