@@ -1,8 +1,23 @@
-"""Validation of the texts passed to ``encode_*``."""
+"""Validation of the texts passed to ``encode_*`` and to the LangChain / LlamaIndex adapters."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+
+
+def _check_item(label: str, item: object) -> None:
+    """Raise unless ``item`` is a ``str`` that is valid Unicode; ``label`` names it in the message."""
+    if not isinstance(item, str):
+        msg = f"{label} is {type(item).__name__}, expected str"
+        raise TypeError(msg)
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError as e:
+        msg = (
+            f"{label} is not valid Unicode: {e.reason} at position {e.start} ({item[e.start : e.end]!r}); "
+            "decode your input with errors='replace' or drop lone surrogates"
+        )
+        raise ValueError(msg) from None
 
 
 def as_text_list(texts: str | Iterable[str]) -> tuple[list[str], bool]:
@@ -28,15 +43,41 @@ def as_text_list(texts: str | Iterable[str]) -> tuple[list[str], bool]:
     else:
         items, single = list(texts), False
     for i, item in enumerate(items):
-        if not isinstance(item, str):
-            msg = f"item {i} is {type(item).__name__}, expected str"
-            raise TypeError(msg)
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError as e:
-            msg = (
-                f"item {i} is not valid Unicode: {e.reason} at position {e.start} ({item[e.start : e.end]!r}); "
-                "decode your input with errors='replace' or drop lone surrogates"
-            )
-            raise ValueError(msg) from None
+        _check_item(f"item {i}", item)
     return items, single
+
+
+def as_text_batch(texts: Iterable[str], name: str = "texts") -> list[str]:
+    """Check the text list of an adapter's batch method (``embed_documents``, ``get_text_embedding_batch``).
+
+    Like :func:`as_text_list`, but a single ``str`` is an error: iterating it would embed each character.
+
+    Raises:
+        TypeError: ``texts`` is a str, bytes, a mapping or not iterable, or an item is not a ``str``
+            (the message names the item's index, counted over the whole list, and its type).
+        ValueError: An item is not valid Unicode (a lone surrogate).
+
+    Example:
+        >>> as_text_batch(("a", "b"))
+        ['a', 'b']
+    """
+    if isinstance(texts, (str, bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
+        hint = "; wrap one text in a list: [text]" if isinstance(texts, str) else ""
+        msg = f"{name} must be a list of str, got {type(texts).__name__}{hint}"
+        raise TypeError(msg)
+    return as_text_list(texts)[0]
+
+
+def as_one_text(text: str, name: str = "text") -> str:
+    """Check the text of an adapter's single-text method (``embed_query``, ``get_query_embedding``, ...).
+
+    Raises:
+        TypeError: ``text`` is not a ``str`` (e.g. ``"query is NoneType, expected str"``).
+        ValueError: ``text`` is not valid Unicode (a lone surrogate).
+
+    Example:
+        >>> as_one_text("hi", "query")
+        'hi'
+    """
+    _check_item(name, text)
+    return text

@@ -19,6 +19,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.utils.iter import batch_iterate
 
 from bge_icl import ICLEmbedder
+from bge_icl.inputs import as_one_text, as_text_batch
 
 if TYPE_CHECKING:
     from langchain_core.stores import ByteStore
@@ -124,7 +125,7 @@ class CachedBgeIclEmbeddings(Embeddings):
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Passage vectors from the cache; the missing ones are embedded (once per distinct text) and stored."""
-        texts = list(texts)
+        texts = as_text_batch(texts)
         cached, missing = self._split(
             texts, self.document_store.mget([self._key(self.document_namespace, t) for t in texts])
         )
@@ -137,7 +138,7 @@ class CachedBgeIclEmbeddings(Embeddings):
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Async :meth:`embed_documents`; the model runs in a worker thread."""
-        texts = list(texts)
+        texts = as_text_batch(texts)
         keys = [self._key(self.document_namespace, t) for t in texts]
         cached, missing = self._split(texts, await self.document_store.amget(keys))
         new: dict[str, list[float]] = {}
@@ -149,7 +150,7 @@ class CachedBgeIclEmbeddings(Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         """The query vector from the cache, or embedded with the examples and stored."""
-        key = self._key(self.query_namespace, text)
+        key = self._key(self.query_namespace, as_one_text(text, "query"))
         (found,) = self.query_store.mget([key])
         if found is not None:
             return _decode(found)
@@ -159,7 +160,7 @@ class CachedBgeIclEmbeddings(Embeddings):
 
     async def aembed_query(self, text: str) -> list[float]:
         """Async :meth:`embed_query`; the model runs in a worker thread."""
-        key = self._key(self.query_namespace, text)
+        key = self._key(self.query_namespace, as_one_text(text, "query"))
         (found,) = await self.query_store.amget([key])
         if found is not None:
             return _decode(found)

@@ -13,6 +13,7 @@ from typing_extensions import Self
 
 from bge_icl import ICLEmbedder
 from bge_icl.encoder import OnTruncation
+from bge_icl.inputs import as_one_text, as_text_batch
 from bge_icl.loading import DeviceSpec
 from bge_icl.prompts import DEFAULT_EXAMPLES_INSTRUCTION_FORMAT, DEFAULT_QUERY_INSTRUCTION_FORMAT, DEFAULT_SUFFIX
 
@@ -165,12 +166,22 @@ class BgeIclEmbeddings(BaseModel, Embeddings):
         return self.from_embedder(self._embedder.with_examples(examples_for_task))
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Embed passages as they are (no examples, no instruction)."""
-        return self._embedder.encode_corpus(list(texts)).tolist()
+        """Embed passages as they are (no examples, no instruction).
+
+        Raises:
+            TypeError: ``texts`` is a single str (or bytes, a dict, not iterable), or an item is not a str;
+                the message names the item's index and type.
+            ValueError: An item holds a lone surrogate.
+        """
+        return self._embedder.encode_corpus(as_text_batch(texts)).tolist()
 
     def embed_query(self, text: str) -> list[float]:
-        """Embed a query after the few-shot examples and the task instruction."""
-        return self._embedder.encode_queries([text])[0].tolist()
+        """Embed a query after the few-shot examples and the task instruction.
+
+        Raises:
+            TypeError: ``text`` is not a str. ValueError: it holds a lone surrogate.
+        """
+        return self._embedder.encode_queries([as_one_text(text, "query")])[0].tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """:meth:`embed_documents` in a worker thread; the event loop keeps running."""

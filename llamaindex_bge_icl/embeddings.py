@@ -13,6 +13,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 
 from bge_icl import ICLEmbedder
+from bge_icl.inputs import as_one_text, as_text_batch
 from bge_icl.prompts import DEFAULT_EXAMPLES_INSTRUCTION_FORMAT, DEFAULT_QUERY_INSTRUCTION_FORMAT, DEFAULT_SUFFIX
 
 QUERY_CACHE_COLLECTION = "bge_icl_query_embeddings"
@@ -291,12 +292,48 @@ class BgeIclEmbedding(BaseEmbedding):
         return self.model_copy(update={"embeddings_cache": view})  # shallow: same encoder, same callbacks
 
     def get_query_embedding(self, query: str) -> Embedding:
-        """Embed one query with the few-shot prompt (cached apart from passages, see the class docs)."""
-        return super(BgeIclEmbedding, self._query_side()).get_query_embedding(query)
+        """Embed one query with the few-shot prompt (cached apart from passages, see the class docs).
+
+        Raises:
+            TypeError: ``query`` is not a str. ValueError: it holds a lone surrogate.
+        """
+        return super(BgeIclEmbedding, self._query_side()).get_query_embedding(as_one_text(query, "query"))
 
     async def aget_query_embedding(self, query: str) -> Embedding:
         """Async :meth:`get_query_embedding`; the forward pass runs in a worker thread."""
-        return await super(BgeIclEmbedding, self._query_side()).aget_query_embedding(query)
+        return await super(BgeIclEmbedding, self._query_side()).aget_query_embedding(as_one_text(query, "query"))
+
+    # -- input checks before LlamaIndex's cache lookups and embed_batch_size chunking -------------
+    # (otherwise a bad item fails inside a cache store with an unrelated message, or the core names
+    # its index within one chunk instead of within the caller's list)
+
+    def get_text_embedding(self, text: str) -> Embedding:
+        """Embed one passage as it is.
+
+        Raises:
+            TypeError: ``text`` is not a str. ValueError: it holds a lone surrogate.
+        """
+        return super().get_text_embedding(as_one_text(text))
+
+    async def aget_text_embedding(self, text: str) -> Embedding:
+        """Async :meth:`get_text_embedding`; the forward pass runs in a worker thread."""
+        return await super().aget_text_embedding(as_one_text(text))
+
+    def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[Embedding]:
+        """Embed passages in chunks of ``embed_batch_size``; every item is checked before the first chunk runs.
+
+        Raises:
+            TypeError: ``texts`` is a single str (or bytes, a dict, not iterable), or an item is not a str;
+                the message names the item's index in ``texts`` and its type.
+            ValueError: An item holds a lone surrogate.
+        """
+        return super().get_text_embedding_batch(as_text_batch(texts), show_progress=show_progress, **kwargs)
+
+    async def aget_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        """Async :meth:`get_text_embedding_batch`; the forward passes run in worker threads."""
+        return await super().aget_text_embedding_batch(as_text_batch(texts), show_progress=show_progress, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle the configuration only (never the weights); unpickling reloads them or reuses the registry's.
