@@ -37,7 +37,7 @@ lint: $(VENV)/.installed
 
 test: $(VENV)/.installed $(REF)/.installed lint
 	$(VENV)/bin/python -m pytest -q
-	$(VENV)/bin/mkdocs build --strict -q
+	$(VENV)/bin/mkdocs build --strict  # not -q: mkdocs 1.6 then stops counting warnings and --strict passes anyway
 	$(REF)/bin/python -m pytest -q -p no:cacheprovider tests/bge_icl
 
 clean:

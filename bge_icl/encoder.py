@@ -312,7 +312,7 @@ class ICLEmbedder:
         out = np.empty((n, self.dimension), dtype=np.float32)
         loaded = self._loaded
         disable = (not show) if show is not None else (True if n <= self.batch_size else None)
-        with loaded.lock, tqdm(total=n, desc=f"Embedding {kind}", unit=kind[:-1], disable=disable) as bar:
+        with loaded.lock, tqdm(total=n, desc=f"Embedding {kind}", unit="text", disable=disable) as bar:
             prefix = self._prefix_cache() if kind == "queries" and self.prefix_cache else None
             groups: list[tuple[list[int], PrefixCache | None]] = [(list(range(n)), None)]
             if prefix is not None:

@@ -1,0 +1,399 @@
+"""``bge-icl``: the command line (``bge-icl demo | embed | search``, also ``python -m bge_icl``).
+
+Exit codes: 0 success; 1 bad input or usage (missing file, bad JSON, unknown option or example set, a
+missing optional dependency); 2 the model cannot be loaded; 130 interrupted. Usage and input errors are one
+line on stderr, never a traceback.
+
+The LangChain and LlamaIndex adapters (and ``langchain-text-splitters``) are imported only inside the
+subcommands that use them, so ``bge-icl embed`` works with the core install alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.resources
+import json
+import re
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from bge_icl.encoder import ICLEmbedder, TruncationWarning
+from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample, validate_examples
+
+DEFAULT_MODEL = "BAAI/bge-en-icl"
+EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 1, 2
+SEARCH_SUFFIXES = (".txt", ".md")
+
+
+class CliError(Exception):
+    """A user-facing error: one line for stderr and the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors exit 1 (2 is kept for 'model cannot be loaded')."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see {self.prog} --help)")
+
+
+# -- bundled data ---------------------------------------------------------------------------------
+
+
+def _data_file(*parts: str) -> Any:
+    return importlib.resources.files("bge_icl").joinpath("data", *parts)
+
+
+def bundled_example_sets() -> list[str]:
+    """Names of the example sets shipped with the package (``bge_icl/data/examples/*.json``)."""
+    folder = _data_file("examples")
+    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def sample_corpus() -> list[dict[str, str]]:
+    """The demo's bundled passages: ``[{"id": ..., "text": ...}, ...]``."""
+    text = _data_file("sample_corpus.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def load_examples(spec: str | None, default_instruct: str | None = WEB_SEARCH_INSTRUCTION) -> list[ICLExample] | None:
+    """``--examples``: a JSON file (a list of ``{instruct?, query, response}``) or a bundled set's name.
+
+    Raises:
+        CliError: The file is missing or not valid JSON, the examples are malformed, or the name is unknown.
+    """
+    if spec is None:
+        return None
+    path = Path(spec).expanduser()
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"cannot read examples file {spec}: {e}") from e
+        except json.JSONDecodeError as e:
+            raise CliError(f"examples file {spec} is not valid JSON: {e}") from e
+        source = f"examples file {spec}"
+    elif spec in bundled_example_sets():
+        data = json.loads(_data_file("examples", f"{spec}.json").read_text(encoding="utf-8"))
+        source = f"example set {spec!r}"
+    elif spec.endswith(".json") or "/" in spec or path.suffix:
+        raise CliError(f"examples file {spec} does not exist")
+    else:
+        names = ", ".join(bundled_example_sets())
+        raise CliError(f"unknown example set {spec!r}: bundled sets are {names}; or pass a JSON file path")
+    try:
+        return list(validate_examples(data, default_instruct))
+    except (TypeError, ValueError) as e:
+        hint = 'expected a JSON list of {"instruct", "query", "response"} objects'
+        raise CliError(f"{source}: {e}; {hint}") from e
+
+
+# -- input and output files ---------------------------------------------------------------------
+
+
+def read_texts(path_str: str, field: str = "text") -> tuple[list[str], list[Any]]:
+    """Texts and ids from a ``.txt`` (one text per non-blank line) or ``.jsonl`` (``field`` of each record) file.
+
+    Ids are a JSONL record's ``id`` when it has one, else the 1-based line number.
+    """
+    path = Path(path_str)
+    if path.suffix not in (".txt", ".jsonl"):
+        raise CliError(f"input {path_str} must be a .txt (one text per line) or .jsonl file")
+    if not path.is_file():
+        raise CliError(f"input file {path_str} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(f"cannot read {path_str}: {e}") from e
+    texts: list[str] = []
+    ids: list[Any] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if path.suffix == ".txt":
+            texts.append(line)
+            ids.append(number)
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CliError(f"{path_str} line {number} is not valid JSON: {e}") from e
+        if not isinstance(record, dict):
+            raise CliError(f"{path_str} line {number} is a JSON {type(record).__name__}, expected an object")
+        if field not in record:
+            fields = ", ".join(sorted(record)) or "none"
+            raise CliError(f"{path_str} line {number} has no field {field!r} (fields: {fields}); use --field NAME")
+        if not isinstance(record[field], str):
+            kind = type(record[field]).__name__
+            raise CliError(f"{path_str} line {number}: field {field!r} is {kind}, expected a string")
+        texts.append(record[field])
+        ids.append(record.get("id", number))
+    if not texts:
+        raise CliError(f"{path_str} has no texts")
+    return texts, ids
+
+
+def _check_output(path_str: str) -> Path:
+    path = Path(path_str)
+    if path.suffix not in (".npy", ".jsonl"):
+        raise CliError(f"output {path_str} must end in .npy (float32 matrix) or .jsonl (id + vector per line)")
+    if not path.parent.is_dir():
+        raise CliError(f"output folder {path.parent} does not exist")
+    return path
+
+
+def write_vectors(path: Path, ids: Sequence[Any], vectors: np.ndarray) -> None:
+    """``.npy``: the (N, dim) float32 matrix; ``.jsonl``: ``{"id": ..., "vector": [...]}`` per line."""
+    if path.suffix == ".npy":
+        np.save(path, vectors.astype(np.float32, copy=False))
+        return
+    with path.open("w", encoding="utf-8") as f:
+        for i, row in zip(ids, vectors, strict=True):
+            f.write(json.dumps({"id": i, "vector": row.tolist()}) + "\n")
+
+
+# -- the model --------------------------------------------------------------------------------------
+
+
+def _devices(value: str | None) -> str | int | None:
+    return int(value) if value is not None and value.isdigit() else value
+
+
+def load_embedder(args: argparse.Namespace, **options: Any) -> ICLEmbedder:
+    """Build the ``ICLEmbedder``; a model that cannot be loaded is exit 2, bad options exit 1."""
+    try:
+        return ICLEmbedder(args.model, devices=_devices(args.devices), dtype=args.dtype, **options)
+    except OSError as e:
+        one_line = " ".join(str(e).split())
+        raise CliError(f"{one_line} Or pass --model PATH to a local checkpoint directory.", EXIT_MODEL) from e
+    except (TypeError, ValueError) as e:
+        raise CliError(" ".join(str(e).split())) from e
+
+
+def _encode_reporting_truncation(encode: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
+    """Run ``encode``; report each :class:`TruncationWarning` as one stderr line, pass other warnings on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vectors = encode(texts)
+    truncated = 0
+    for w in caught:
+        if issubclass(w.category, TruncationWarning):
+            count = re.match(r"(\d+) of ", str(w.message))
+            truncated += int(count.group(1)) if count else 1
+            print(f"bge-icl: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    print(f"bge-icl: {truncated} of {len(texts)} texts truncated", file=sys.stderr)
+    return vectors
+
+
+def _require(module: str, what: str, extra: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise CliError(f"{what} needs {module.split('.')[0]}: pip install 'bge-icl[{extra}]'") from e
+
+
+def _snippet(text: str, width: int = 80) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+# -- subcommands -------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The model card's 2x2 similarity matrix, then top-3 hits on the sample corpus from both adapters."""
+    from bge_icl.quickstart import DOCUMENTS, EXAMPLES, QUERIES
+
+    lc_vectorstores = _require("langchain_core.vectorstores", "bge-icl demo", "all")
+    lc = _require("langchain_bge_icl", "bge-icl demo", "all")
+    li_core = _require("llama_index.core", "bge-icl demo", "all")
+    li_schema = _require("llama_index.core.schema", "bge-icl demo", "all")
+    li = _require("llamaindex_bge_icl", "bge-icl demo", "all")
+
+    core = load_embedder(args, examples_for_task=EXAMPLES, query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION)
+    print(f"model: {args.model} ({core.device}, {str(core.dtype).removeprefix('torch.')}, dim {core.dimension})")
+    sim = core.encode_queries(QUERIES) @ core.encode_corpus(DOCUMENTS).T  # (2, 2)
+    print("model card example: query x passage cosine similarity")
+    for query, row in zip(QUERIES, sim, strict=True):
+        print(f"  {query!r:42} " + "  ".join(f"{s:.4f}" for s in row))
+    print("  (with the real BAAI/bge-en-icl weights the model card shows [[0.6064, 0.302], [0.257, 0.5366]])")
+
+    corpus = sample_corpus()
+    texts, ids = [p["text"] for p in corpus], [p["id"] for p in corpus]
+    lc_embed = lc.BgeIclEmbeddings.from_embedder(core)
+    store = lc_vectorstores.InMemoryVectorStore.from_texts(texts, embedding=lc_embed, ids=ids)
+    li_embed = li.BgeIclEmbedding.from_embedder(core)
+    nodes = [li_schema.TextNode(text=t, id_=i) for t, i in zip(texts, ids, strict=True)]
+    index = li_core.VectorStoreIndex(nodes, embed_model=li_embed)
+    retriever = index.as_retriever(similarity_top_k=3)
+
+    print(f"\nsample corpus: {len(texts)} passages, top 3 per query")
+    agree = True
+    for query in QUERIES:
+        lc_hits = [(doc.id, score) for doc, score in store.similarity_search_with_score(query, k=3)]
+        li_hits = [(hit.node.node_id, float(hit.score or 0.0)) for hit in retriever.retrieve(query)]
+        print(f"  {query!r}")
+        for name, hits in (("LangChain ", lc_hits), ("LlamaIndex", li_hits)):
+            print(f"    {name}: " + ", ".join(f"{pid} ({score:.4f})" for pid, score in hits))
+        agree = agree and [h[0] for h in lc_hits] == [h[0] for h in li_hits]
+    print(f"LangChain and LlamaIndex agree: {'yes' if agree else 'NO'}")
+    return EXIT_OK if agree else EXIT_USAGE
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Embed a .txt/.jsonl file of queries or passages into .npy or .jsonl."""
+    output = _check_output(args.output)
+    texts, ids = read_texts(args.input, args.field)
+    examples = load_examples(args.examples, args.instruction)
+    limit_name = "query_max_length" if args.kind == "query" else "passage_max_length"
+    limit = {} if args.max_length is None else {limit_name: args.max_length}
+    emb = load_embedder(
+        args,
+        examples_for_task=examples,
+        query_instruction_for_retrieval=args.instruction,
+        show_progress=True,
+        batch_size=args.batch_size,
+        **limit,
+    )
+    encode = emb.encode_queries if args.kind == "query" else emb.encode_corpus
+    vectors = _encode_reporting_truncation(encode, texts)
+    write_vectors(output, ids, vectors)
+    print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} {args.kind} vectors to {output}")
+    return EXIT_OK
+
+
+def _search_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            files.extend(sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in SEARCH_SUFFIXES))
+        elif path.is_file():
+            if path.suffix not in SEARCH_SUFFIXES:
+                raise CliError(f"{p}: search reads .txt and .md files")
+            files.append(path)
+        else:
+            raise CliError(f"{p} does not exist")
+    if not files:
+        raise CliError(f"no .txt or .md files in {' '.join(paths)}")
+    return files
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Chunk .txt/.md files, embed the chunks, print the top-k for the query."""
+    if args.k <= 0:
+        raise CliError(f"-k must be positive, got {args.k}")
+    if args.chunk_size <= 0:
+        raise CliError(f"--chunk-size must be positive, got {args.chunk_size}")
+    if not 0 <= args.chunk_overlap < args.chunk_size:
+        raise CliError(f"--chunk-overlap must be between 0 and --chunk-size - 1, got {args.chunk_overlap}")
+    splitters = _require("langchain_text_splitters", "bge-icl search", "langchain")
+    files = _search_files(args.paths)
+    examples = load_examples(args.examples, args.instruction)
+    splitter = splitters.RecursiveCharacterTextSplitter(chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap)
+    chunks: list[tuple[Path, str]] = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"cannot read {f}: {e}") from e
+        chunks.extend((f, chunk) for chunk in splitter.split_text(text))
+    if not chunks:
+        raise CliError(f"the files hold no text: {' '.join(str(f) for f in files)}")
+    emb = load_embedder(args, examples_for_task=examples, query_instruction_for_retrieval=args.instruction)
+    passages = _encode_reporting_truncation(emb.encode_corpus, [c for _, c in chunks])  # (N, dim)
+    query = emb.encode_queries([args.query])[0]  # (dim,)
+    scores = passages @ query  # (N,)
+    top = np.argsort(-scores, kind="stable")[: args.k]
+    print(f"{len(chunks)} chunks from {len(files)} file(s); top {len(top)} for {args.query!r}:")
+    for rank, i in enumerate(top, start=1):
+        path, chunk = chunks[i]
+        print(f"{rank:3}. {scores[i]:.4f}  {path}  {_snippet(chunk)}")
+    return EXIT_OK
+
+
+# -- the parser ---------------------------------------------------------------------------------------
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint directory (default {DEFAULT_MODEL})"
+    )
+    p.add_argument("--devices", default=None, help="cpu, cuda:0 or a GPU index (default: first GPU, else CPU)")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), float16, bfloat16, float32")
+
+
+def _prompt_options(p: argparse.ArgumentParser) -> None:
+    names = ", ".join(bundled_example_sets())
+    p.add_argument(
+        "--examples", default=None, help=f"few-shot examples: a JSON file or a bundled set ({names}); default zero-shot"
+    )
+    p.add_argument("--instruction", default=WEB_SEARCH_INSTRUCTION, help="task instruction put before each query")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bge-icl`` argument parser."""
+    parser = _Parser(prog="bge-icl", description="BAAI/bge-en-icl in-context-learning embeddings.")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,embed,search}", required=True)
+
+    demo = sub.add_parser("demo", help="the model card's example, then a small corpus through LangChain and LlamaIndex")
+    _model_options(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    embed = sub.add_parser("embed", help="embed a .txt/.jsonl file into .npy or .jsonl")
+    embed.add_argument("input", help=".txt (one text per line) or .jsonl (one object per line)")
+    embed.add_argument("-o", "--output", required=True, help=".npy (float32 matrix) or .jsonl (id + vector per line)")
+    embed.add_argument(
+        "--kind", choices=("corpus", "query"), required=True, help="passages as they are, or ICL queries"
+    )
+    embed.add_argument("--field", default="text", help="the text field of .jsonl records (default: text)")
+    embed.add_argument(
+        "--max-length", type=int, default=None, help="token limit (query_/passage_max_length, default 512)"
+    )
+    embed.add_argument("--batch-size", type=int, default=32, help="most texts per forward pass (default 32)")
+    _prompt_options(embed)
+    _model_options(embed)
+    embed.set_defaults(func=cmd_embed)
+
+    search = sub.add_parser("search", help="chunk .txt/.md files and print the chunks closest to a query")
+    search.add_argument("paths", nargs="+", help=".txt/.md files or folders (searched recursively)")
+    search.add_argument("--query", required=True, help="the query")
+    search.add_argument("-k", type=int, default=5, help="how many chunks to print (default 5)")
+    search.add_argument("--chunk-size", type=int, default=1000, help="characters per chunk (default 1000)")
+    search.add_argument("--chunk-overlap", type=int, default=100, help="characters shared by neighbours (default 100)")
+    _prompt_options(search)
+    _model_options(search)
+    search.set_defaults(func=cmd_search)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``bge-icl``; returns the exit code (0 ok, 1 bad input or usage, 2 model cannot be loaded)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        code: int = args.func(args)
+    except CliError as e:
+        print(f"bge-icl: error: {e}", file=sys.stderr)
+        return e.code
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("bge-icl: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
