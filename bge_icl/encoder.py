@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bge_icl.batching import length_order, next_batch_end
+from bge_icl.batching import BatchQueue
 from bge_icl.forward import embed_batch
 from bge_icl.inputs import as_text_list
 from bge_icl.loading import DeviceSpec, LoadedModel, load_model, resolve_attention, resolve_devices, resolve_dtype
-from bge_icl.prefix_cache import PrefixCache, attention_window, build_prefix_cache
+from bge_icl.prefix_cache import PrefixCache, attention_window, build_prefix_cache, starts_with
 from bge_icl.prompts import (
     DEFAULT_EXAMPLES_INSTRUCTION_FORMAT,
     DEFAULT_QUERY_INSTRUCTION_FORMAT,
@@ -146,32 +148,36 @@ class ICLEmbedder:
         self.on_truncation: OnTruncation = on_truncation
         self.show_progress = show_progress
         self.prefix_cache = bool(prefix_cache)
-        self._prefix: PrefixCache | None = None
-        self._prefix_built = False
+        self._prefix_ids_value: list[int] | None = None
+        self._prefix_ids_known = False
+        self._prefixes: dict[int, PrefixCache] = {}  # replica index -> its key/value cache of the prefix
+        self._stats_lock = threading.Lock()
         self.cache_stats = {"hits": 0, "misses": 0}  # queries run on the prefix cache / as whole prompts
 
         devs = resolve_devices(devices)
-        if len(devs) != 1:
-            msg = f"devices={devices!r} names {len(devs)} devices; ICLEmbedder runs on one device, pick one of {devs}"
-            raise ValueError(msg)
-        device = devs[0]
         if dtype == "auto" and (use_fp16 is False or use_bf16):
-            dtype = "bfloat16" if use_bf16 and device != "cpu" else "float32"
-        torch_dtype = resolve_dtype(dtype, device)
-        device_type = torch.device(device).type
+            dtype = "bfloat16" if use_bf16 and devs[0] != "cpu" else "float32"
+        device_type = torch.device(devs[0]).type
         default_budget = DEFAULT_MAX_BATCH_TOKENS.get(device_type, DEFAULT_MAX_BATCH_TOKENS["cuda"])
         self.max_batch_tokens = _positive_int(
             "max_batch_tokens", default_budget if max_batch_tokens is None else max_batch_tokens
         )
-        self._loaded: LoadedModel = load_model(
-            model_name_or_path,
-            device=device,
-            dtype=torch_dtype,
-            attn_implementation=resolve_attention(attn_implementation, device),
-            trust_remote_code=trust_remote_code,
-            cache_dir=cache_dir,
-            revision=revision,
-        )
+        # One model replica per listed device; a device listed twice gets two replicas.
+        self._replicas: list[LoadedModel] = [
+            load_model(
+                model_name_or_path,
+                device=device,
+                dtype=resolve_dtype(dtype, device),
+                attn_implementation=resolve_attention(attn_implementation, device),
+                trust_remote_code=trust_remote_code,
+                cache_dir=cache_dir,
+                revision=revision,
+                replica=devs[:k].count(device),
+            )
+            for k, device in enumerate(devs)
+        ]
+        self._loaded = self._replicas[0]
+        self.replica_rows = [0] * len(self._replicas)  # texts embedded by each replica so far
         tok = self._loaded.tokenizer
         self._query_plan = tok.query_plan(self.prefix, self.suffix, self.query_max_length)
         if self._query_plan.query_budget <= 0:
@@ -196,8 +202,13 @@ class ICLEmbedder:
 
     @property
     def device(self) -> torch.device:
-        """The device the model runs on, fixed at load."""
+        """The (first) device the model runs on, fixed at load."""
         return self._loaded.device
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device holding a replica, in the order given."""
+        return [r.device for r in self._replicas]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -283,15 +294,28 @@ class ICLEmbedder:
             raise TruncationError(msg + "; shorten or split them, raise the limit, or pass on_truncation='warn'")
         warnings.warn(msg, TruncationWarning, stacklevel=4)
 
-    def _prefix_cache(self) -> PrefixCache | None:
-        """Build (once, under the model lock) the key/value cache of the constant query start."""
-        if not self._prefix_built:
+    @property
+    def _prefix(self) -> PrefixCache | None:
+        """The first replica's prefix cache (None until the first query call, or when unusable)."""
+        return self._prefixes.get(0)
+
+    def _prefix_ids(self) -> list[int] | None:
+        """The ids every query starts with, when long enough to be worth caching (computed once)."""
+        if not self._prefix_ids_known:
             ids = self._stable_prefix_ids()
             window = attention_window(self._loaded.model)
             usable = len(ids) > len(self._loaded.tokenizer.head) and (window is None or len(ids) < window)
-            self._prefix = build_prefix_cache(self._loaded.model, ids) if usable else None
-            self._prefix_built = True
-        return self._prefix
+            self._prefix_ids_value = ids if usable else None
+            self._prefix_ids_known = True
+        return self._prefix_ids_value
+
+    def _prefix_on(self, replica: int, ids: list[int]) -> PrefixCache:
+        """The key/value cache of ``ids`` on one replica, built on first use; call under its lock."""
+        cache = self._prefixes.get(replica)
+        if cache is None:
+            cache = build_prefix_cache(self._replicas[replica].model, ids)
+            self._prefixes[replica] = cache
+        return cache
 
     def _stable_prefix_ids(self) -> list[int]:
         """The ids every query starts with: the common start of two probe queries, cut after its last
@@ -306,61 +330,84 @@ class ICLEmbedder:
     def _embed_ids(self, ids: list[list[int]], kind: str, show: bool | None) -> np.ndarray:
         """Embed token-id lists longest first under the token budget; rows come back in input order.
 
-        Queries that start with the cached prefix run on it; the rest run as whole prompts.
+        Queries that start with the cached prefix run on it; the rest run as whole prompts. Batches go
+        through one queue, served by one worker per replica (the calling thread when there is one).
         """
         n = len(ids)
         out = np.empty((n, self.dimension), dtype=np.float32)
-        loaded = self._loaded
-        disable = (not show) if show is not None else (True if n <= self.batch_size else None)
-        with loaded.lock, tqdm(total=n, desc=f"Embedding {kind}", unit="text", disable=disable) as bar:
-            prefix = self._prefix_cache() if kind == "queries" and self.prefix_cache else None
-            groups: list[tuple[list[int], PrefixCache | None]] = [(list(range(n)), None)]
-            if prefix is not None:
-                window = attention_window(loaded.model)
-                hits = [i for i in range(n) if prefix.covers(ids[i], window)]
-                misses = sorted(set(range(n)) - set(hits))
-                groups = [(hits, prefix), (misses, None)]
+        everything = list(range(n))
+        groups: list[tuple[list[int], list[int], int]] = [(everything, [len(x) for x in ids], 0)]
+        prefix_ids = self._prefix_ids() if kind == "queries" and self.prefix_cache else None
+        if prefix_ids is not None:
+            P, window = len(prefix_ids), attention_window(self._loaded.model)
+            hits = [i for i in everything if starts_with(ids[i], prefix_ids, window)]
+            misses = sorted(set(everything) - set(hits))
+            groups = [(hits, [len(ids[i]) - P for i in hits], P), (misses, [len(ids[i]) for i in misses], 0)]
+            with self._stats_lock:
                 self.cache_stats["hits"] += len(hits)
                 self.cache_stats["misses"] += len(misses)
-            budget = self.max_batch_tokens
-            for subset, cache in groups:
-                budget = self._run_group(ids, subset, cache, budget, out, bar)
+        queue = BatchQueue(groups, self.batch_size, self.max_batch_tokens)
+        disable = (not show) if show is not None else (True if n <= self.batch_size else None)
+        with tqdm(total=n, desc=f"Embedding {kind}", unit="text", disable=disable) as bar:
+
+            def work(replica: int) -> None:
+                self._work(replica, queue, ids, prefix_ids, out, bar)
+
+            self._run_workers(queue, work)
         return out
 
-    def _run_group(
+    def _work(
         self,
+        replica: int,
+        queue: BatchQueue,
         ids: list[list[int]],
-        subset: list[int],
-        prefix: PrefixCache | None,
-        budget: int,
+        prefix_ids: list[int] | None,
         out: np.ndarray,
         bar: Any,
-    ) -> int:
-        """Embed ``ids[subset]`` into ``out``; halve the token budget on OOM and return the budget in force."""
-        skip = prefix.length if prefix is not None else 0
-        order = [subset[j] for j in length_order([len(ids[i]) - skip for i in subset])]
-        sorted_lengths = [len(ids[i]) - skip for i in order]
-        loaded, start = self._loaded, 0
-        while start < len(order):
-            end = next_batch_end(sorted_lengths, start, self.batch_size, budget, overhead=skip)
-            rows = order[start:end]
-            try:
-                vectors = embed_batch(
-                    loaded.model, [ids[i] for i in rows], loaded.tokenizer.pad_id, self.normalize_embeddings, prefix
-                )  # (B, H) float32
-            except torch.OutOfMemoryError as e:
-                if end - start == 1:
-                    msg = (
-                        f"out of memory on {loaded.device} ({loaded.dtype}) for a single sequence of "
-                        f"{sorted_lengths[start] + skip} tokens; lower query_max_length/passage_max_length, "
-                        "use dtype='float16', or use a device with more memory"
-                    )
-                    raise torch.OutOfMemoryError(msg) from e
-                budget = max(1, (end - start) * (sorted_lengths[start] + skip) // 2)  # kept for the rest of the call
-                if loaded.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            out[rows] = vectors.cpu().numpy()
-            bar.update(len(rows))
-            start = end
-        return budget
+    ) -> None:
+        """Take batches from ``queue`` and embed them on one replica until the queue is empty."""
+        loaded = self._replicas[replica]
+        while (batch := queue.take()) is not None:
+            with loaded.lock:
+                try:
+                    prefix = self._prefix_on(replica, prefix_ids) if batch.skip and prefix_ids else None
+                    vectors = embed_batch(
+                        loaded.model,
+                        [ids[i] for i in batch.rows],
+                        loaded.tokenizer.pad_id,
+                        self.normalize_embeddings,
+                        prefix,
+                    )  # (B, H) float32
+                except torch.OutOfMemoryError as e:
+                    if len(batch.rows) == 1:
+                        msg = (
+                            f"out of memory on {loaded.device} ({loaded.dtype}) for a single sequence of "
+                            f"{batch.lengths[0] + batch.skip} tokens; lower query_max_length/passage_max_length, "
+                            "use dtype='float16', or use a device with more memory"
+                        )
+                        raise torch.OutOfMemoryError(msg) from e
+                    queue.shrink(batch)  # half the budget, kept for the rest of the call; same rows again
+                    if loaded.device.type == "cuda":
+                        with torch.cuda.device(loaded.device):
+                            torch.cuda.empty_cache()
+                    continue
+            out[batch.rows] = vectors.cpu().numpy()
+            bar.update(len(batch.rows))
+            with self._stats_lock:
+                self.replica_rows[replica] += len(batch.rows)
+
+    def _run_workers(self, queue: BatchQueue, work: Callable[[int], None]) -> None:
+        """Run ``work(replica)`` for every replica; the first failure stops the rest and is raised."""
+        if len(self._replicas) == 1:
+            work(0)
+            return
+        with ThreadPoolExecutor(len(self._replicas), thread_name_prefix="bge-icl-replica") as pool:
+            futures = [pool.submit(work, r) for r in range(len(self._replicas))]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            if any(f.exception() is not None for f in done):
+                queue.close()
+            wait(futures)
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                raise error

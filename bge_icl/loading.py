@@ -37,8 +37,9 @@ DeviceSpec = str | int | torch.device | list[str] | list[int] | None
 def resolve_devices(devices: DeviceSpec) -> list[str]:
     """Turn FlagEmbedding-style ``devices`` into a list of torch device strings.
 
-    ``None`` means the first CUDA GPU, else the CPU. An int ``i`` (or a list of ints) means
-    ``cuda:i``. Strings are used as given.
+    ``None`` means the first CUDA GPU, else the CPU; ``"auto"`` means every visible CUDA GPU, else the
+    CPU. An int ``i`` (or a list of ints) means ``cuda:i``. Strings are used as given; a device listed
+    twice gets two replicas.
 
     Raises:
         TypeError: ``devices`` has another type.
@@ -50,6 +51,8 @@ def resolve_devices(devices: DeviceSpec) -> list[str]:
     """
     if devices is None:
         return ["cuda:0" if torch.cuda.is_available() else "cpu"]
+    if devices == "auto":
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
     if isinstance(devices, bool):
         msg = f"devices={devices!r} is not a device; use a str like 'cpu' or 'cuda:0', an int GPU index, or a list"
         raise TypeError(msg)
@@ -169,11 +172,12 @@ def load_model(
     trust_remote_code: bool = False,
     cache_dir: str | None = None,
     revision: str | None = None,
+    replica: int = 0,
 ) -> LoadedModel:
     """Load (or reuse) a model and tokenizer, placed on ``device`` in ``dtype``, in eval mode.
 
     Two calls with the same arguments return the same :class:`LoadedModel` while either caller
-    still holds it.
+    still holds it. ``replica`` > 0 asks for another copy on the same device (for ``devices=["cpu", "cpu"]``).
 
     Raises:
         OSError: The path or hub id cannot be loaded; the message says how to fix it.
@@ -183,7 +187,7 @@ def load_model(
         source = model_name_or_path
     elif not os.path.isfile(os.path.join(source, "config.json")):
         raise _not_found(model_name_or_path, FileNotFoundError(f"no config.json in {source}"))
-    key = (source, device, dtype, attn_implementation, trust_remote_code, cache_dir, revision)
+    key = (source, device, dtype, attn_implementation, trust_remote_code, cache_dir, revision, replica)
     with _REGISTRY_LOCK:
         found = _REGISTRY.get(key)
         if found is not None:

@@ -39,16 +39,17 @@ class PrefixCache:
         """Number of cached tokens, P."""
         return len(self.ids)
 
-    def covers(self, ids: Sequence[int], max_total: int | None) -> bool:
-        """Whether ``ids`` starts with the cached tokens and fits the attention window."""
-        P = self.length
-        fits = max_total is None or len(ids) <= max_total
-        return fits and len(ids) > P and tuple(ids[:P]) == self.ids
+
+def starts_with(ids: Sequence[int], prefix_ids: Sequence[int], max_total: int | None) -> bool:
+    """Whether ``ids`` continues ``prefix_ids`` (with at least one more token) and fits the attention window."""
+    P = len(prefix_ids)
+    fits = max_total is None or len(ids) <= max_total
+    return fits and len(ids) > P and list(ids[:P]) == list(prefix_ids)
 
 
 def _cache_kwarg(model: Any) -> str:
     # transformers 5.x renamed the forward argument ``past_key_values`` to ``cache``.
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 def attention_window(model: Any) -> int | None:

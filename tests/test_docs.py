@@ -22,6 +22,8 @@ _OPTIONAL = {
     "langchain_text_splitters": "langchain_text_splitters",
     "llama_index": "llama_index.core",
     "llamaindex_bge_icl": "llama_index.core",
+    "ray": "ray.data",
+    "faiss": "faiss",
 }
 
 

@@ -62,10 +62,8 @@ def test_queries_that_do_not_start_with_the_prefix_fall_back(tiny_dir: Path, mon
     cached.encode_queries(["warm up"])
     assert cached._prefix is not None
     # Pretend the prefix ends in a token no query has: every query must take the whole-prompt path.
-    from bge_icl.prefix_cache import PrefixCache
-
-    bogus = PrefixCache((*cached._prefix.ids[:-1], 5), cached._prefix.layers)
-    monkeypatch.setattr(cached, "_prefix", bogus)
+    bogus = [*cached._prefix.ids[:-1], 5]
+    monkeypatch.setattr(cached, "_prefix_ids_value", bogus)
     before = dict(cached.cache_stats)
     delta = np.abs(cached.encode_queries(QUERIES) - full.encode_queries(QUERIES)).max()
     assert delta <= 1e-5
