@@ -6,6 +6,8 @@ Run ``python -m bge_icl.quickstart`` (defaults to BAAI/bge-en-icl) or ``--model 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
+import json
 import sys
 
 import numpy as np
@@ -13,28 +15,10 @@ import numpy as np
 from bge_icl.encoder import ICLEmbedder
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION
 
-EXAMPLES = [
-    {
-        "instruct": WEB_SEARCH_INSTRUCTION,
-        "query": "what is a virtual interface",
-        "response": "A virtual interface is a software-defined abstraction that mimics the behavior and "
-        "characteristics of a physical network interface. It allows multiple logical network connections to "
-        "share the same physical network interface, enabling efficient utilization of network resources. "
-        "Virtual interfaces are commonly used in virtualization technologies such as virtual machines and "
-        "containers to provide network connectivity without requiring additional hardware. They can be "
-        "configured with their own IP addresses, MAC addresses, and other network settings, making them "
-        "versatile tools for managing network traffic and isolating different network environments.",
-    },
-    {
-        "instruct": WEB_SEARCH_INSTRUCTION,
-        "query": "causes of back pain in female for a week",
-        "response": "Back pain in females lasting a week can stem from various factors. Common causes include "
-        "muscle strain due to lifting heavy objects or improper posture, spinal issues like herniated discs or "
-        "osteoporosis, menstrual cramps causing referred pain, urinary tract infections, or pelvic inflammatory "
-        "disease. Pregnancy-related changes can also contribute. Stress and lack of exercise may exacerbate "
-        "symptoms. Proper diagnosis by a healthcare professional is crucial for effective treatment and management.",
-    },
-]
+# The model card's two web-search examples, shipped as the bundled example set "web-search".
+EXAMPLES: list[dict[str, str]] = json.loads(
+    importlib.resources.files("bge_icl").joinpath("data", "examples", "web-search.json").read_text(encoding="utf-8")
+)
 QUERIES = ["how much protein should a female eat", "summit define"]
 DOCUMENTS = [
     "As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 is 46 grams per "
