@@ -18,7 +18,7 @@ except ImportError as e:
     )
     raise ImportError(msg) from e
 
-from langchain_bge_icl.cache import CachedBgeIclEmbeddings, cache_namespaces
+from langchain_bge_icl.cache import cache_backed_embeddings, cache_namespaces
 from langchain_bge_icl.embeddings import BgeIclEmbeddings
 
-__all__ = ["BgeIclEmbeddings", "CachedBgeIclEmbeddings", "cache_namespaces"]
+__all__ = ["BgeIclEmbeddings", "cache_backed_embeddings", "cache_namespaces"]

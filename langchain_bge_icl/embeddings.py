@@ -18,9 +18,8 @@ from bge_icl.loading import DeviceSpec
 from bge_icl.prompts import DEFAULT_EXAMPLES_INSTRUCTION_FORMAT, DEFAULT_QUERY_INSTRUCTION_FORMAT, DEFAULT_SUFFIX
 
 if TYPE_CHECKING:
+    from langchain_classic.embeddings import CacheBackedEmbeddings
     from langchain_core.stores import ByteStore
-
-    from langchain_bge_icl.cache import CachedBgeIclEmbeddings
 
 _EMBEDDER = "bge_icl_embedder"  # validation-context key that hands an existing ICLEmbedder to model_post_init
 _HF_ONLY = {"model_kwargs", "encode_kwargs", "query_encode_kwargs", "multi_process", "cache_folder"}
@@ -193,14 +192,16 @@ class BgeIclEmbeddings(BaseModel, Embeddings):
 
     def cached(
         self, document_store: ByteStore, query_store: ByteStore | None = None, *, batch_size: int | None = None
-    ) -> CachedBgeIclEmbeddings:
-        """These embeddings behind a byte-store cache, with query and passage vectors kept apart.
+    ) -> CacheBackedEmbeddings:
+        """These embeddings behind LangChain's ``CacheBackedEmbeddings``, with query and passage vectors kept apart.
+
+        See :func:`langchain_bge_icl.cache_backed_embeddings`; needs ``pip install 'bge-icl[langchain-cache]'``.
 
         Args:
             document_store: Where passage vectors go (e.g. ``InMemoryByteStore``, ``LocalFileStore``).
             query_store: Where query vectors go; None = ``document_store``, under another namespace.
             batch_size: Passages embedded between two store writes; None = all missing at once.
         """
-        from langchain_bge_icl.cache import CachedBgeIclEmbeddings
+        from langchain_bge_icl.cache import cache_backed_embeddings
 
-        return CachedBgeIclEmbeddings(self, document_store, query_store, batch_size=batch_size)
+        return cache_backed_embeddings(self, document_store, query_store, batch_size=batch_size)

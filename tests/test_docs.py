@@ -23,6 +23,7 @@ _OPTIONAL = {
     "llama_index": "llama_index.core",
     "llamaindex_bge_icl": "llama_index.core",
     "ray": "ray.data",
+    "langchain_classic": "langchain_classic",
     "faiss": "faiss",
 }
 

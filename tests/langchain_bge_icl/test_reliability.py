@@ -92,8 +92,11 @@ async def test_embed_query_names_the_bad_type(embeddings: BgeIclEmbeddings, text
 
 
 async def test_cached_wrapper_checks_before_touching_the_store(embeddings: BgeIclEmbeddings) -> None:
+    """CacheBackedEmbeddings would hash None (or a surrogate) as a key; the helper's checks come first."""
+    classic = pytest.importorskip("langchain_classic.embeddings")
     store = InMemoryByteStore()
     cached = embeddings.cached(store)
+    assert isinstance(cached, classic.CacheBackedEmbeddings)
     with pytest.raises(TypeError, match=re.escape("item 3 is NoneType, expected str")):
         cached.embed_documents(["a", "b", "c", None])  # type: ignore[list-item]
     with pytest.raises(TypeError, match=re.escape("texts must be a list of str, got str")):
@@ -104,6 +107,10 @@ async def test_cached_wrapper_checks_before_touching_the_store(embeddings: BgeIc
         await cached.aembed_query("bad \ud800")
     with pytest.raises(ValueError, match=re.escape("item 1 is not valid Unicode")):
         cached.embed_documents(["fine", "bad \udfff"])
+    with pytest.raises(TypeError, match=re.escape("item 1 is int, expected str")):
+        await cached.aembed_documents(["fine", 7])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=re.escape("query is int, expected str")):
+        await cached.aembed_query(7)  # type: ignore[arg-type]
     assert list(store.yield_keys()) == []
 
 
