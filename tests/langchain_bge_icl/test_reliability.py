@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import pytest
 
 pytest.importorskip("langchain_core")
@@ -24,8 +23,7 @@ from bge_icl import TruncationError, TruncationWarning
 from langchain_bge_icl import BgeIclEmbeddings
 from tests.bge_icl.cases import LONG_PASSAGE, LONG_QUERY
 from tests.conftest import NOTEBOOK_DOCUMENTS, NOTEBOOK_EXAMPLES, NOTEBOOK_QUERIES
-
-TIMEOUT = 60  # seconds; a deadlock fails the test instead of hanging the run
+from tests.reliability_helpers import ODD_TEXTS, TIMEOUT, FailOnce, assert_unit, lock_is_free
 
 BAD_LISTS = [
     (["a", "b", "c", None], "item 3 is NoneType, expected str"),
@@ -46,26 +44,6 @@ BAD_QUERIES = [
     (["q"], "query is list, expected str"),
 ]
 DOCS3 = [*NOTEBOOK_DOCUMENTS, "third"]
-ODD_TEXTS = ["", "   ", "\t\n ", "nul\x00byte", "ctrl\x07\x1b\x7f", "😀🚀", "שלום עולם", "مرحبا", "a {0} b }{"]
-
-
-def _unit(vectors: list[list[float]]) -> None:
-    array = np.asarray(vectors)
-    assert np.isfinite(array).all()
-    np.testing.assert_allclose(np.linalg.norm(array, axis=1), 1.0, atol=1e-5)
-
-
-def _lock_is_free(lock: Any) -> bool:
-    """Try the (reentrant) model lock from another thread, where holding it in this one would show."""
-
-    def probe() -> bool:
-        if lock.acquire(blocking=False):
-            lock.release()
-            return True
-        return False
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(probe).result(timeout=TIMEOUT)
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -135,8 +113,8 @@ def test_generators_are_accepted_and_consumed_once(embeddings: BgeIclEmbeddings)
 async def test_empty_whitespace_control_emoji_and_rtl_give_unit_vectors(embeddings: BgeIclEmbeddings) -> None:
     documents = embeddings.embed_documents(ODD_TEXTS)
     queries = [embeddings.embed_query(t) for t in ODD_TEXTS]
-    _unit(documents)
-    _unit(queries)
+    assert_unit(documents)
+    assert_unit(queries)
     assert documents == embeddings.embedder.encode_corpus(ODD_TEXTS).tolist()
     assert queries == [embeddings.embedder.encode_queries([t])[0].tolist() for t in ODD_TEXTS]
     assert embeddings.embed_documents([""]) == embeddings.embed_documents([""])  # "" is defined and deterministic
@@ -196,8 +174,8 @@ def test_truncation_ignore_is_silent(tiny_path: str) -> None:
     emb = _short_limits(tiny_path, "ignore")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _unit(emb.embed_documents([LONG_PASSAGE]))
-        _unit([emb.embed_query(LONG_QUERY)])
+        assert_unit(emb.embed_documents([LONG_PASSAGE]))
+        assert_unit([emb.embed_query(LONG_QUERY)])
 
 
 # -- concurrency ----------------------------------------------------------------------------------
@@ -227,7 +205,7 @@ def test_16_threads_match_serial_bit_for_bit(embeddings: BgeIclEmbeddings) -> No
         futures = [pool.submit(run, job) for job in jobs]
         threaded = [f.result(timeout=TIMEOUT) for f in futures]
     assert threaded == serial
-    assert _lock_is_free(embeddings.embedder._loaded.lock)
+    assert lock_is_free(embeddings.embedder._loaded.lock)
 
 
 async def test_16_asyncio_tasks_match_serial_bit_for_bit(embeddings: BgeIclEmbeddings) -> None:
@@ -259,39 +237,22 @@ async def test_threads_and_tasks_on_two_adapters_sharing_one_model(embeddings: B
 # -- recovery -------------------------------------------------------------------------------------
 
 
-class _FailOnce:
-    """Replace the model's forward with one that raises on its ``nth`` call, then runs the real one."""
-
-    def __init__(self, model: Any, nth: int) -> None:
-        self.model, self.nth, self.calls, self.real = model, nth, 0, model.forward
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        @functools.wraps(self.real)  # keeps the real signature: the prefix cache inspects it
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            if self.calls == self.nth:
-                raise RuntimeError("boom: simulated kernel failure")
-            return self.real(*args, **kwargs)
-
-        monkeypatch.setattr(self.model, "forward", forward)
-
-
 async def test_failed_forward_mid_call_leaves_the_adapter_usable(
     tiny_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     emb = BgeIclEmbeddings(model=tiny_path, devices="cpu", batch_size=1, on_truncation="ignore")
     expected = emb.embed_documents(DOCS3)
-    fail = _FailOnce(emb.embedder._loaded.model, nth=2)  # the second of three forward passes
+    fail = FailOnce(emb.embedder._loaded.model, nth=2)  # the second of three forward passes
     fail.install(monkeypatch)
     with pytest.raises(RuntimeError, match="boom"):
         emb.embed_documents(DOCS3)
-    assert _lock_is_free(emb.embedder._loaded.lock)
+    assert lock_is_free(emb.embedder._loaded.lock)
     assert emb.embed_documents(DOCS3) == expected
 
     fail.calls, fail.nth = 0, 1
     with pytest.raises(RuntimeError, match="boom"):
         await asyncio.wait_for(emb.aembed_documents(NOTEBOOK_DOCUMENTS), timeout=TIMEOUT)
-    assert _lock_is_free(emb.embedder._loaded.lock)
+    assert lock_is_free(emb.embedder._loaded.lock)
     assert await asyncio.wait_for(emb.aembed_documents(DOCS3), TIMEOUT) == expected
 
 
@@ -299,7 +260,7 @@ def test_failed_prefix_cache_build_is_retried(embeddings: BgeIclEmbeddings, monk
     q = NOTEBOOK_QUERIES[0]
     expected = embeddings.embed_query(q)
     fresh = embeddings.with_examples(NOTEBOOK_EXAMPLES)  # a new core embedder: its prefix cache is not built yet
-    _FailOnce(fresh.embedder._loaded.model, nth=1).install(monkeypatch)  # the first forward is the prefix build
+    FailOnce(fresh.embedder._loaded.model, nth=1).install(monkeypatch)  # the first forward is the prefix build
     with pytest.raises(RuntimeError, match="boom"):
         fresh.embed_query(q)
     assert fresh.embed_query(q) == expected

@@ -23,8 +23,7 @@ from bge_icl import TruncationError, TruncationWarning
 from llamaindex_bge_icl import QUERY_CACHE_COLLECTION, BgeIclEmbedding
 from tests.bge_icl.cases import LONG_PASSAGE, LONG_QUERY
 from tests.conftest import NOTEBOOK_DOCUMENTS, NOTEBOOK_EXAMPLES, NOTEBOOK_QUERIES
-
-TIMEOUT = 60  # seconds; a deadlock fails the test instead of hanging the run
+from tests.reliability_helpers import ODD_TEXTS, TIMEOUT, FailOnce, assert_unit, lock_is_free
 
 BAD_LISTS = [
     (["a", "b", "c", "d", "e", None], "item 5 is NoneType, expected str"),  # in the third chunk of 2
@@ -38,32 +37,12 @@ BAD_LISTS = [
     (None, "texts must be a list of str, got NoneType"),
 ]
 BAD_SINGLES = [(None, "NoneType"), (3, "int"), (b"t", "bytes"), (["t"], "list")]
-ODD_TEXTS = ["", "   ", "\t\n ", "nul\x00byte", "ctrl\x07\x1b\x7f", "😀🚀", "שלום עולם", "مرحبا", "a {0} b }{"]
 
 
 @pytest.fixture
 def chunked(fields: dict[str, Any]) -> BgeIclEmbedding:
     """Two texts per core call, so a batch of more than two runs as several LlamaIndex chunks."""
     return BgeIclEmbedding(**fields, embed_batch_size=2)
-
-
-def _unit(vectors: Any) -> None:
-    array = np.asarray(vectors)
-    assert np.isfinite(array).all()
-    np.testing.assert_allclose(np.linalg.norm(array, axis=-1), 1.0, atol=1e-5)
-
-
-def _lock_is_free(lock: Any) -> bool:
-    """Try the (reentrant) model lock from another thread, where holding it in this one would show."""
-
-    def probe() -> bool:
-        if lock.acquire(blocking=False):
-            lock.release()
-            return True
-        return False
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(probe).result(timeout=TIMEOUT)
 
 
 def _count_core_calls(monkeypatch: pytest.MonkeyPatch, emb: BgeIclEmbedding) -> list[int]:
@@ -143,13 +122,13 @@ def test_generators_are_accepted_and_consumed_once(chunked: BgeIclEmbedding) -> 
 
 async def test_empty_whitespace_control_emoji_and_rtl_give_unit_vectors(chunked: BgeIclEmbedding) -> None:
     batch = chunked.get_text_embedding_batch(ODD_TEXTS)
-    _unit(batch)
+    assert_unit(batch)
     core = chunked.embedder
     assert batch == [v for i in range(0, len(ODD_TEXTS), 2) for v in core.encode_corpus(ODD_TEXTS[i : i + 2]).tolist()]
     assert await chunked.aget_text_embedding_batch(ODD_TEXTS) == batch
     for text in ODD_TEXTS:
         query, passage = chunked.get_query_embedding(text), chunked.get_text_embedding(text)
-        _unit([query, passage])
+        assert_unit([query, passage])
         assert query == core.encode_queries([text])[0].tolist() == await chunked.aget_query_embedding(text)
         assert passage == core.encode_corpus([text])[0].tolist() == await chunked.aget_text_embedding(text)
 
@@ -222,8 +201,8 @@ def test_truncation_ignore_is_silent(fields: dict[str, Any]) -> None:
     emb = _short_limits(fields, "ignore")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _unit(emb.get_text_embedding_batch([LONG_PASSAGE]))
-        _unit(emb.get_query_embedding(LONG_QUERY))
+        assert_unit(emb.get_text_embedding_batch([LONG_PASSAGE]))
+        assert_unit(emb.get_query_embedding(LONG_QUERY))
 
 
 # -- concurrency ----------------------------------------------------------------------------------
@@ -265,7 +244,7 @@ def test_16_threads_match_serial_bit_for_bit(chunked: BgeIclEmbedding) -> None:
         futures = [pool.submit(run, job) for job in jobs]
         threaded = [f.result(timeout=TIMEOUT) for f in futures]
     assert threaded == serial
-    assert _lock_is_free(chunked.embedder._loaded.lock)
+    assert lock_is_free(chunked.embedder._loaded.lock)
 
 
 async def test_16_asyncio_tasks_match_serial_bit_for_bit(chunked: BgeIclEmbedding) -> None:
@@ -298,40 +277,23 @@ def _flat(results: list[Any]) -> np.ndarray:
 # -- recovery -------------------------------------------------------------------------------------
 
 
-class _FailOnce:
-    """Replace the model's forward with one that raises on its ``nth`` call, then runs the real one."""
-
-    def __init__(self, model: Any, nth: int) -> None:
-        self.model, self.nth, self.calls, self.real = model, nth, 0, model.forward
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        @functools.wraps(self.real)  # keeps the real signature: the prefix cache inspects it
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            if self.calls == self.nth:
-                raise RuntimeError("boom: simulated kernel failure")
-            return self.real(*args, **kwargs)
-
-        monkeypatch.setattr(self.model, "forward", forward)
-
-
 async def test_failed_forward_mid_call_leaves_the_adapter_usable(
     fields: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     emb = BgeIclEmbedding(**fields, batch_size=1, embed_batch_size=3)
     texts = [*NOTEBOOK_DOCUMENTS, "third"]
     expected = emb.get_text_embedding_batch(texts)
-    fail = _FailOnce(emb.embedder._loaded.model, nth=2)  # the second of three forward passes
+    fail = FailOnce(emb.embedder._loaded.model, nth=2)  # the second of three forward passes
     fail.install(monkeypatch)
     with pytest.raises(RuntimeError, match="boom"):
         emb.get_text_embedding_batch(texts)
-    assert _lock_is_free(emb.embedder._loaded.lock)
+    assert lock_is_free(emb.embedder._loaded.lock)
     assert emb.get_text_embedding_batch(texts) == expected
 
     fail.calls, fail.nth = 0, 1
     with pytest.raises(RuntimeError, match="boom"):
         await asyncio.wait_for(emb.aget_text_embedding_batch(texts), timeout=TIMEOUT)
-    assert _lock_is_free(emb.embedder._loaded.lock)
+    assert lock_is_free(emb.embedder._loaded.lock)
     assert await asyncio.wait_for(emb.aget_text_embedding_batch(texts), TIMEOUT) == expected
 
 
@@ -339,7 +301,7 @@ async def test_failed_prefix_cache_build_is_retried(emb: BgeIclEmbedding, monkey
     q = NOTEBOOK_QUERIES[0]
     expected = emb.get_query_embedding(q)
     fresh = emb.with_examples(NOTEBOOK_EXAMPLES)  # a new core embedder: its prefix cache is not built yet
-    _FailOnce(fresh.embedder._loaded.model, nth=1).install(monkeypatch)  # the first forward is the prefix build
+    FailOnce(fresh.embedder._loaded.model, nth=1).install(monkeypatch)  # the first forward is the prefix build
     with pytest.raises(RuntimeError, match="boom"):
         await fresh.aget_query_embedding(q)
     assert fresh.get_query_embedding(q) == expected
@@ -349,7 +311,7 @@ async def test_failed_prefix_cache_build_is_retried(emb: BgeIclEmbedding, monkey
 def test_failed_forward_with_a_cache_stores_nothing(fields: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     cache = SimpleKVStore()
     emb = BgeIclEmbedding(**fields, embeddings_cache=cache)
-    _FailOnce(emb.embedder._loaded.model, nth=1).install(monkeypatch)
+    FailOnce(emb.embedder._loaded.model, nth=1).install(monkeypatch)
     with pytest.raises(RuntimeError, match="boom"):
         emb.get_text_embedding_batch(["never stored"])
     assert cache.get_all(collection="embeddings") == {}

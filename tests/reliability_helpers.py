@@ -1,0 +1,50 @@
+"""Helpers shared by the adapters' reliability suites."""
+
+from __future__ import annotations
+
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+TIMEOUT = 60  # seconds; a deadlock fails the test instead of hanging the run
+ODD_TEXTS = ["", "   ", "\t\n ", "nul\x00byte", "ctrl\x07\x1b\x7f", "😀🚀", "שלום עולם", "مرحبا", "a {0} b }{"]
+
+
+def assert_unit(vectors: Any) -> None:
+    """Every vector is finite and has length 1."""
+    array = np.asarray(vectors)
+    assert np.isfinite(array).all()
+    np.testing.assert_allclose(np.linalg.norm(array, axis=-1), 1.0, atol=1e-5)
+
+
+def lock_is_free(lock: Any) -> bool:
+    """Try the (reentrant) model lock from another thread, where holding it in this one would show."""
+
+    def probe() -> bool:
+        if lock.acquire(blocking=False):
+            lock.release()
+            return True
+        return False
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(probe).result(timeout=TIMEOUT)
+
+
+class FailOnce:
+    """Replace the model's forward with one that raises on its ``nth`` call, then runs the real one."""
+
+    def __init__(self, model: Any, nth: int) -> None:
+        self.model, self.nth, self.calls, self.real = model, nth, 0, model.forward
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        @functools.wraps(self.real)  # keeps the real signature
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls == self.nth:
+                raise RuntimeError("boom: simulated kernel failure")
+            return self.real(*args, **kwargs)
+
+        monkeypatch.setattr(self.model, "forward", forward)
