@@ -64,7 +64,7 @@ async def test_async_retriever_ranks_like_brute_force(store: InMemoryVectorStore
 
 
 def test_faiss_index_ranks_like_brute_force(embeddings: BgeIclEmbeddings, core: ICLEmbedder) -> None:
-    """langchain-community (FAISS vector store) is not a dependency: use a faiss index directly."""
+    """A raw faiss inner-product index over the adapter's vectors."""
     faiss = pytest.importorskip("faiss")
     index = faiss.IndexFlatIP(embeddings.dimension)
     index.add(np.asarray(embeddings.embed_documents(CORPUS), dtype=np.float32))
@@ -74,7 +74,7 @@ def test_faiss_index_ranks_like_brute_force(embeddings: BgeIclEmbeddings, core: 
 
 
 def test_langchain_community_faiss_ranks_like_brute_force(embeddings: BgeIclEmbeddings, core: ICLEmbedder) -> None:
-    """Runs only where langchain-community is installed."""
+    """langchain-community's FAISS vector store (installed by the test extra)."""
     pytest.importorskip("faiss")
     vectorstores = pytest.importorskip("langchain_community.vectorstores")
     store = vectorstores.FAISS.from_texts(CORPUS, embedding=embeddings)
