@@ -43,5 +43,7 @@ test: $(VENV)/.installed $(REF)/.installed lint
 clean:
 	rm -rf $(VENV) $(REF) .cache
 
-bench-cpu: $(REF)/.installed
-	$(REF)/bin/python benchmarks/bench_cpu.py
+# Records into benchmarks/results.json and redraws docs/img/benchmarks-cpu.png; update docs/benchmarks.md by hand.
+bench-cpu: $(REF)/.installed $(VENV)/.installed
+	$(REF)/bin/python benchmarks/bench_cpu.py --record benchmarks/results.json
+	$(VENV)/bin/python benchmarks/plot.py

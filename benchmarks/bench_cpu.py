@@ -9,6 +9,9 @@ transformers-4.57 environment: ``make bench-cpu``.
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
 import platform
 import random
 import tempfile
@@ -19,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
 from bge_icl.quickstart import EXAMPLES
@@ -51,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--record", type=Path, help="append the figures to this JSON file (benchmarks/results.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from FlagEmbedding import FlagICLModel
@@ -90,6 +95,31 @@ def main() -> None:
     print(f"{'workload':10} {'bge-icl/s':>10} {'FlagICL/s':>10} {'ratio':>7} {'max|delta|':>11}")
     for label, ours_rate, flag_rate, ratio, delta in rows:
         print(f"{label:10} {ours_rate:10.1f} {flag_rate:10.1f} {ratio:6.1f}x {delta:11.2e}")
+    if args.record:
+        record(args.record, rows, prefix_tokens)
+
+
+def record(path: Path, rows: list[tuple[str, float, float, float, float]], prefix_tokens: int) -> None:
+    """Append this run's figures to ``path`` (read by benchmarks/plot.py)."""
+    results = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    run = {
+        "benchmark": "cpu",
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+        "software": f"torch {torch.__version__}, transformers {transformers.__version__}",
+        "command": "make bench-cpu",
+        "cached_prefix_tokens": prefix_tokens,
+        "workloads": {
+            label: {
+                "bge_icl_per_s": round(ours, 2),
+                "flagicl_per_s": round(flag, 2),
+                "ratio": round(ratio, 2),
+                "max_abs_delta": delta,
+            }
+            for label, ours, flag, ratio, delta in rows
+        },
+    }
+    path.write_text(json.dumps([*results, run], indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
