@@ -228,25 +228,63 @@ class ICLEmbedder:
         """
         return type(self)(**{**self._options, "examples_for_task": examples_for_task})
 
-    def encode_queries(self, queries: str | Iterable[str], *, show_progress: bool | None = None) -> np.ndarray:
+    def encode_queries(
+        self,
+        queries: str | Iterable[str],
+        *,
+        show_progress: bool | None = None,
+        on_truncation: OnTruncation | None = None,
+    ) -> np.ndarray:
         """Embed queries: ``prefix + instruction-formatted query + suffix``, then EOS.
 
         Args:
             queries: One query or a list of them.
             show_progress: Override the embedder's ``show_progress`` for this call.
+            on_truncation: Override the embedder's ``on_truncation`` for this call.
 
         Returns:
             float32 array, shape (N, dimension), or (dimension,) for a single ``str``.
         """
-        return self._encode(queries, "queries", show_progress)
+        return self._encode(queries, "queries", show_progress, on_truncation)
 
-    def encode_corpus(self, corpus: str | Iterable[str], *, show_progress: bool | None = None) -> np.ndarray:
+    def encode_corpus(
+        self,
+        corpus: str | Iterable[str],
+        *,
+        show_progress: bool | None = None,
+        on_truncation: OnTruncation | None = None,
+    ) -> np.ndarray:
         """Embed passages as they are (no prefix, no instruction), then EOS.
 
+        Args:
+            corpus: One passage or a list of them.
+            show_progress: Override the embedder's ``show_progress`` for this call.
+            on_truncation: Override the embedder's ``on_truncation`` for this call.
+
         Returns:
             float32 array, shape (N, dimension), or (dimension,) for a single ``str``.
         """
-        return self._encode(corpus, "passages", show_progress)
+        return self._encode(corpus, "passages", show_progress, on_truncation)
+
+    def check_truncation(self, texts: Iterable[str], kind: Literal["queries", "passages"]) -> list[int]:
+        """Report, as an encode call would, which ``texts`` exceed their max length, without embedding them.
+
+        For callers that split one logical call into several ``encode_*`` calls (the LlamaIndex adapter's
+        ``embed_batch_size`` chunks): check once, then encode the chunks with ``on_truncation="ignore"``.
+
+        Returns:
+            Indices of the texts that would be truncated.
+
+        Raises:
+            TruncationError: Some would be, and ``on_truncation="error"``.
+        """
+        if kind not in ("queries", "passages"):
+            msg = f"kind={kind!r} is not supported; valid: ('queries', 'passages')"
+            raise ValueError(msg)
+        items, _ = as_text_list(texts)
+        tokenized, limit = self._tokenize(items, kind)
+        self._report_truncation(tokenized.truncated, len(items), kind, limit, self.on_truncation)
+        return tokenized.truncated
 
     encode = encode_corpus
 
@@ -270,27 +308,38 @@ class ICLEmbedder:
     # -- the one encode path -----------------------------------------------------------------
 
     def _encode(
-        self, texts: str | Iterable[str], kind: Literal["queries", "passages"], show: bool | None
+        self,
+        texts: str | Iterable[str],
+        kind: Literal["queries", "passages"],
+        show: bool | None,
+        on_truncation: OnTruncation | None,
     ) -> np.ndarray:
         items, single = as_text_list(texts)
         if not items:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        if kind == "queries":
-            tokenized, limit = self.tokenize_queries(items), ("query_max_length", self.query_max_length)
-        else:
-            tokenized, limit = self.tokenize_corpus(items), ("passage_max_length", self.passage_max_length)
-        self._report_truncation(tokenized.truncated, len(items), kind, limit)
+        if on_truncation is not None and on_truncation not in ON_TRUNCATION:
+            msg = f"on_truncation={on_truncation!r} is not supported; valid: {ON_TRUNCATION}"
+            raise ValueError(msg)
+        tokenized, limit = self._tokenize(items, kind)
+        self._report_truncation(tokenized.truncated, len(items), kind, limit, on_truncation or self.on_truncation)
         vectors = self._embed_ids(tokenized.ids, kind, self.show_progress if show is None else show)
         return vectors[0] if single else vectors
 
-    def _report_truncation(self, truncated: list[int], n: int, kind: str, limit: tuple[str, int]) -> None:
-        if not truncated or self.on_truncation == "ignore":
+    def _tokenize(self, items: list[str], kind: str) -> tuple[Tokenized, tuple[str, int]]:
+        if kind == "queries":
+            return self.tokenize_queries(items), ("query_max_length", self.query_max_length)
+        return self.tokenize_corpus(items), ("passage_max_length", self.passage_max_length)
+
+    def _report_truncation(
+        self, truncated: list[int], n: int, kind: str, limit: tuple[str, int], mode: OnTruncation
+    ) -> None:
+        if not truncated or mode == "ignore":
             return
         msg = (
             f"{len(truncated)} of {n} {kind} exceeded {limit[0]}={limit[1]} tokens and were truncated "
             f"(first: item {truncated[0]})"
         )
-        if self.on_truncation == "error":
+        if mode == "error":
             raise TruncationError(msg + "; shorten or split them, raise the limit, or pass on_truncation='warn'")
         warnings.warn(msg, TruncationWarning, stacklevel=4)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 
 from bge_icl import ICLEmbedder
+from bge_icl.encoder import OnTruncation
 from bge_icl.inputs import as_one_text, as_text_batch
 from bge_icl.prompts import DEFAULT_EXAMPLES_INSTRUCTION_FORMAT, DEFAULT_QUERY_INSTRUCTION_FORMAT, DEFAULT_SUFFIX
 
@@ -45,6 +47,10 @@ _CORE_FIELDS = (
     "use_fp16",
     "use_bf16",
 )
+
+
+# Set while get_text_embedding_batch runs its embed_batch_size chunks (truncation already reported for the call).
+_BATCH_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("bge_icl_batch_checked", default=False)
 
 
 class _QueryCacheView:
@@ -272,7 +278,9 @@ class BgeIclEmbedding(BaseEmbedding):
         return self._embedder.encode_corpus([text])[0].tolist()
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._embedder.encode_corpus(texts).tolist()
+        # Inside get_text_embedding_batch the whole batch was already checked for truncation once.
+        mode: OnTruncation | None = "ignore" if _BATCH_CHECKED.get() else None
+        return self._embedder.encode_corpus(texts, on_truncation=mode).tolist()
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
         return await asyncio.to_thread(self._get_query_embedding, query)
@@ -327,13 +335,25 @@ class BgeIclEmbedding(BaseEmbedding):
                 the message names the item's index in ``texts`` and its type.
             ValueError: An item holds a lone surrogate.
         """
-        return super().get_text_embedding_batch(as_text_batch(texts), show_progress=show_progress, **kwargs)
+        texts = as_text_batch(texts)
+        self._embedder.check_truncation(texts, "passages")  # one warning (or error) per call, not per chunk
+        token = _BATCH_CHECKED.set(True)
+        try:
+            return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+        finally:
+            _BATCH_CHECKED.reset(token)
 
     async def aget_text_embedding_batch(
         self, texts: list[str], show_progress: bool = False, **kwargs: Any
     ) -> list[Embedding]:
         """Async :meth:`get_text_embedding_batch`; the forward passes run in worker threads."""
-        return await super().aget_text_embedding_batch(as_text_batch(texts), show_progress=show_progress, **kwargs)
+        texts = as_text_batch(texts)
+        self._embedder.check_truncation(texts, "passages")
+        token = _BATCH_CHECKED.set(True)  # copied into the chunk tasks and their worker threads
+        try:
+            return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+        finally:
+            _BATCH_CHECKED.reset(token)
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle the configuration only (never the weights); unpickling reloads them or reuses the registry's.

@@ -179,3 +179,22 @@ def test_oom_on_a_single_sequence_reraises_with_advice(tiny_dir: Path, monkeypat
         fresh.encode_corpus(["a long enough passage"])
     monkeypatch.undo()
     assert fresh.encode_corpus(["still usable"]).shape == (1, 64)
+
+
+def test_per_call_override_and_check_truncation(tiny_dir: Path) -> None:
+    strict = ICLEmbedder(str(tiny_dir), devices="cpu", on_truncation="error", passage_max_length=16)
+    texts = ["short", LONG_PASSAGE, "short", LONG_PASSAGE]
+    with pytest.raises(TruncationError, match=re.escape("2 of 4 passages exceeded passage_max_length=16 tokens")):
+        strict.check_truncation(texts, "passages")
+    assert strict.encode_corpus(texts, on_truncation="ignore").shape == (4, 64)
+    lenient = ICLEmbedder(str(tiny_dir), devices="cpu", passage_max_length=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert lenient.check_truncation(texts, "passages") == [1, 3]
+    assert [str(w.message) for w in caught] == [
+        "2 of 4 passages exceeded passage_max_length=16 tokens and were truncated (first: item 1)"
+    ]
+    with pytest.raises(ValueError, match=re.escape("on_truncation='loud' is not supported")):
+        lenient.encode_corpus(texts, on_truncation="loud")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=re.escape("kind='docs' is not supported; valid: ('queries', 'passages')")):
+        lenient.check_truncation(texts, "docs")  # type: ignore[arg-type]

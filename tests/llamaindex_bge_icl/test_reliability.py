@@ -172,16 +172,35 @@ def test_truncation_warns_once_per_core_call(fields: dict[str, Any]) -> None:
     ]
 
 
-def test_truncation_warnings_are_per_embed_batch_size_chunk(fields: dict[str, Any]) -> None:
+def test_truncation_warns_once_per_batch_call_across_chunks(fields: dict[str, Any]) -> None:
     emb = _short_limits(fields, "warn", embed_batch_size=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         emb.get_text_embedding_batch([LONG_PASSAGE, "short", "short", LONG_PASSAGE, "short"])
-    # LlamaIndex hands the core one chunk at a time: counts and indices are the chunk's.
+    # Three embed_batch_size chunks, one warning, counted over the caller's whole list.
     assert _truncation_messages(caught) == [
-        "1 of 2 passages exceeded passage_max_length=16 tokens and were truncated (first: item 0)",
-        "1 of 2 passages exceeded passage_max_length=16 tokens and were truncated (first: item 1)",
+        "2 of 5 passages exceeded passage_max_length=16 tokens and were truncated (first: item 0)",
     ]
+
+
+async def test_async_batch_also_warns_once(fields: dict[str, Any]) -> None:
+    emb = _short_limits(fields, "warn", embed_batch_size=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await emb.aget_text_embedding_batch(["short", LONG_PASSAGE, "short", "short", LONG_PASSAGE])
+    assert _truncation_messages(caught) == [
+        "2 of 5 passages exceeded passage_max_length=16 tokens and were truncated (first: item 1)",
+    ]
+
+
+def test_truncation_error_in_a_later_chunk_stops_before_any_chunk_runs(
+    fields: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emb = _short_limits(fields, "error", embed_batch_size=2)
+    calls = _count_core_calls(monkeypatch, emb)
+    with pytest.raises(TruncationError, match=re.escape("1 of 5 passages exceeded passage_max_length=16")):
+        emb.get_text_embedding_batch(["short", "short", "short", "short", LONG_PASSAGE])
+    assert calls == []
 
 
 async def test_truncation_error_mode_raises_and_stays_usable(fields: dict[str, Any]) -> None:
