@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -107,7 +108,7 @@ def record(path: Path, rows: list[tuple[str, float, float, float, float]], prefi
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
         "software": f"torch {torch.__version__}, transformers {transformers.__version__}",
-        "command": "make bench-cpu",
+        "command": "python " + " ".join(sys.argv),
         "cached_prefix_tokens": prefix_tokens,
         "workloads": {
             label: {

@@ -67,7 +67,8 @@ class ICLEmbedder:
         passage_max_length: Token limit for a passage, special tokens included.
         normalize_embeddings: L2-normalize the vectors (in float32).
         devices: FlagEmbedding's meaning: None = first CUDA GPU else CPU; ``0`` or ``[0]`` = ``cuda:0``;
-            ``"cpu"``, ``"cuda:1"``. One device.
+            ``"cpu"``, ``"cuda:1"``; a list = one model replica per entry, fed from one batch queue;
+            ``"auto"`` = every visible GPU (CPU when there is none).
         dtype: ``"auto"`` (float16 on GPU, float32 on CPU), ``"float16"``, ``"bfloat16"``, ``"float32"``
             or a ``torch.dtype``.
         batch_size: Most texts per forward pass.

@@ -125,7 +125,7 @@ class LoadedModel:
         dtype: The model's parameter dtype.
         attn_implementation: The attention kernel family in use.
         key: The registry key.
-        lock: Held for the whole forward loop of one encode call.
+        lock: Held for each forward pass on this model, so concurrent calls interleave batch by batch.
     """
 
     model: Any

@@ -66,8 +66,23 @@ def build_prefix_cache(model: Any, ids: Sequence[int]) -> PrefixCache:
     position_ids = torch.arange(len(ids), device=device)[None]  # (1, P)
     out = model(input_ids=input_ids, position_ids=position_ids, use_cache=True)
     cache = out.get("cache", None) or out.get("past_key_values", None)
-    layers = tuple((layer.keys, layer.values) for layer in cache.layers)  # each (1, kv_heads, P, head_dim)
-    return PrefixCache(tuple(ids), layers)
+    return PrefixCache(tuple(ids), _layers_of(cache))  # each layer: (1, kv_heads, P, head_dim) twice
+
+
+def _layers_of(cache: Any) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """Per-layer (keys, values) of a cache, across transformers versions."""
+    if hasattr(cache, "layers"):  # 4.54+: DynamicCache.layers[i].keys / .values
+        return tuple((layer.keys, layer.values) for layer in cache.layers)
+    if hasattr(cache, "key_cache"):  # 4.46-4.53: DynamicCache.key_cache / value_cache lists
+        return tuple(zip(cache.key_cache, cache.value_cache, strict=True))
+    return tuple((k, v) for k, v, *_ in cache)  # the legacy tuple of (keys, values) per layer
+
+
+def _new_cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A DynamicCache holding ``layers``, across transformers versions."""
+    if "ddp_cache_data" in inspect.signature(DynamicCache.__init__).parameters:  # 4.5x+, 5.x
+        return DynamicCache(layers)
+    return DynamicCache.from_legacy_cache(tuple(layers))  # type: ignore[attr-defined]  # 4.46-4.5x (gone in 5.x)
 
 
 def forward_with_prefix(
@@ -87,7 +102,7 @@ def forward_with_prefix(
     B, T = input_ids.shape
     P = prefix.length
     layers = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix.layers]  # (B, kv, P, d)
-    cache = DynamicCache(layers)
+    cache = _new_cache(layers)
     full_mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)  # (B, P + T)
     position_ids = (P + torch.arange(T, device=input_ids.device)).expand(B, T)  # (B, T)
     out = model(

@@ -79,7 +79,8 @@ class BgeIclEmbeddings(BaseModel, Embeddings):
     normalize_embeddings: bool = True
     """L2-normalize the vectors, so inner product is cosine similarity."""
     devices: DeviceSpec = None
-    """None = first CUDA GPU else CPU; ``0`` = ``cuda:0``; ``"cpu"``, ``"cuda:1"``. One device."""
+    """None = first CUDA GPU else CPU; ``0`` = ``cuda:0``; ``"cpu"``, ``"cuda:1"``; a list = one replica per entry;
+    ``"auto"`` = every visible GPU."""
     dtype: str | torch.dtype = "auto"
     """``"auto"`` (float16 on GPU, float32 on CPU), ``"float16"``, ``"bfloat16"`` or ``"float32"``."""
     batch_size: int = 32
@@ -141,7 +142,7 @@ class BgeIclEmbeddings(BaseModel, Embeddings):
         fields.update(
             model_name=embedder.model_name_or_path,
             examples_for_task=None if examples is None else [dict(example) for example in examples],
-            devices=str(embedder.device),
+            devices=[str(d) for d in embedder.devices] if len(embedder.devices) > 1 else str(embedder.device),
             dtype=str(embedder.dtype).removeprefix("torch."),
         )
         return cls.model_validate(fields, context={_EMBEDDER: embedder})

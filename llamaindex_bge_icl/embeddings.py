@@ -144,7 +144,10 @@ class BgeIclEmbedding(BaseEmbedding):
     normalize_embeddings: bool = Field(default=True, description="L2-normalize the vectors.")
     devices: str | int | list[str] | list[int] | None = Field(
         default=None,
-        description="One device: None = first CUDA GPU else CPU; 0 or [0] = cuda:0; 'cpu', 'cuda:1'.",
+        description=(
+            "None = first CUDA GPU else CPU; 0 or [0] = cuda:0; 'cpu', 'cuda:1'; a list = one replica per entry; "
+            "'auto' = every visible GPU."
+        ),
     )
     dtype: str = Field(
         default="auto",
@@ -210,6 +213,8 @@ class BgeIclEmbedding(BaseEmbedding):
             self.suffix,
             self.query_max_length,
             self.normalize_embeddings,
+            str(self._embedder.dtype),
+            self.revision,
         ]
         digest = hashlib.sha256(json.dumps(prompt).encode("utf-8")).hexdigest()[:16]
         self._query_key_prefix = f"bge-icl:{digest}:"

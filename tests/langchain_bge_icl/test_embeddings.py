@@ -89,6 +89,15 @@ def test_from_embedder_uses_that_embedder(core: ICLEmbedder, embeddings: BgeIclE
         BgeIclEmbeddings.from_embedder(embeddings)  # type: ignore[arg-type]
 
 
+def test_from_embedder_keeps_every_replica(tiny_path: str) -> None:
+    core = ICLEmbedder(tiny_path, devices=["cpu", "cpu"])
+    wrapped = BgeIclEmbeddings.from_embedder(core)
+    assert wrapped.devices == ["cpu", "cpu"]
+    rebuilt = BgeIclEmbeddings(**wrapped.model_dump())
+    assert len(rebuilt.embedder.devices) == 2
+    assert rebuilt.embedder._replicas == core._replicas  # same two loaded models, through the registry
+
+
 def test_with_examples_shares_weights_and_changes_queries_only(embeddings: BgeIclEmbeddings) -> None:
     other = embeddings.with_examples(OTHER_EXAMPLES)
     assert isinstance(other, BgeIclEmbeddings)
