@@ -17,17 +17,6 @@ from tests.bge_icl.cases import LONG_PASSAGE, LONG_QUERY, PASSAGES, QUERIES, WEB
 from tests.conftest import NOTEBOOK_EXAMPLES
 
 
-@pytest.fixture(scope="module")
-def emb(tiny_dir: Path) -> ICLEmbedder:
-    return ICLEmbedder(
-        str(tiny_dir),
-        examples_for_task=NOTEBOOK_EXAMPLES,
-        query_instruction_for_retrieval=WEB,
-        devices="cpu",
-        on_truncation="ignore",
-    )
-
-
 def test_shapes_and_dtype(emb: ICLEmbedder) -> None:
     assert emb.dimension == 64
     assert emb.encode_queries(["q1", "q2"]).shape == (2, 64)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,19 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bge_icl import ICLEmbedder
-from tests.bge_icl.cases import PASSAGES, QUERIES, WEB
-from tests.conftest import NOTEBOOK_EXAMPLES
-
-
-@pytest.fixture(scope="module")
-def emb(tiny_dir: Path) -> ICLEmbedder:
-    return ICLEmbedder(
-        str(tiny_dir),
-        examples_for_task=NOTEBOOK_EXAMPLES,
-        query_instruction_for_retrieval=WEB,
-        devices="cpu",
-        on_truncation="ignore",
-    )
+from tests.bge_icl.cases import PASSAGES, QUERIES
 
 
 def _jobs() -> list[tuple[str, list[str]]]:
