@@ -33,18 +33,6 @@ def next_batch_end(
     return min(start + rows, len(sorted_lengths))
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[np.ndarray]:
-    """Split input indices into longest-first batches; each batch is an array of input indices."""
-    order = length_order(lengths)
-    sorted_lengths = [int(lengths[i]) for i in order]
-    batches, start = [], 0
-    while start < len(order):
-        end = next_batch_end(sorted_lengths, start, batch_size, max_batch_tokens)
-        batches.append(order[start:end])
-        start = end
-    return batches
-
-
 @dataclass(frozen=True)
 class Batch:
     """Rows of one forward pass, longest first.
