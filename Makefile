@@ -47,8 +47,8 @@ lint: $(VENV)/.installed
 test: $(VENV)/.installed $(REF)/.installed $(FLOOR)/.installed lint
 	$(VENV)/bin/python -m pytest -q
 	$(VENV)/bin/mkdocs build --strict  # not -q: mkdocs 1.6 then stops counting warnings and --strict passes anyway
-	$(REF)/bin/python -m pytest -q -p no:cacheprovider tests/bge_icl
-	$(FLOOR)/bin/python -m pytest -q -p no:cacheprovider tests/bge_icl --ignore=tests/bge_icl/test_parity_flagembedding.py
+	$(REF)/bin/python -m pytest -q -p no:cacheprovider tests/bge_icl tests/bge_icl_cli
+	$(FLOOR)/bin/python -m pytest -q -p no:cacheprovider tests/bge_icl tests/bge_icl_cli --ignore=tests/bge_icl/test_parity_flagembedding.py
 
 clean:
 	rm -rf $(VENV) $(REF) $(FLOOR) .cache

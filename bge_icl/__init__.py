@@ -9,8 +9,19 @@ Example:
 
 from __future__ import annotations
 
-from bge_icl.encoder import ICLEmbedder, TruncationError, TruncationWarning
+from bge_icl.encoder import ICLEmbedder, Stats
+from bge_icl.options import EmbedderOptions, FrozenOptionError
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample
+from bge_icl.truncation import TruncationError, TruncationWarning
 
-__all__ = ["WEB_SEARCH_INSTRUCTION", "ICLEmbedder", "ICLExample", "TruncationError", "TruncationWarning"]
+__all__ = [
+    "WEB_SEARCH_INSTRUCTION",
+    "EmbedderOptions",
+    "FrozenOptionError",
+    "ICLEmbedder",
+    "ICLExample",
+    "Stats",
+    "TruncationError",
+    "TruncationWarning",
+]
 __version__ = "0.1.0"

@@ -1,52 +1,72 @@
-"""``ICLEmbedder``: bge-en-icl query and passage embeddings, identical to FlagEmbedding's ``FlagICLModel``."""
+"""``ICLEmbedder``: bge-en-icl query and passage embeddings, identical to FlagEmbedding's ``FlagICLModel``.
+
+It reads as options -> tokenize -> run. The pieces live in their own modules: the options in
+:mod:`bge_icl.options`, prompts in :mod:`bge_icl.prompts`, token ids in :mod:`bge_icl.tokenization`,
+the cached few-shot prefix in :mod:`bge_icl.prefix_cache`, batching in :mod:`bge_icl.batching`,
+replica workers and out-of-memory backoff in :mod:`bge_icl.replicas`, the forward pass in
+:mod:`bge_icl.forward` and truncation reporting in :mod:`bge_icl.truncation`.
+"""
 
 from __future__ import annotations
 
-import threading
-import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, Literal
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from typing_extensions import Unpack
 
-from bge_icl.batching import BatchQueue
+from bge_icl.batching import Batch, BatchQueue
 from bge_icl.forward import embed_batch
 from bge_icl.inputs import as_text_list
-from bge_icl.loading import DeviceSpec, LoadedModel, load_model, resolve_attention, resolve_devices, resolve_dtype
-from bge_icl.prefix_cache import PrefixCache, attention_window, build_prefix_cache, starts_with
-from bge_icl.prompts import (
-    DEFAULT_EXAMPLES_INSTRUCTION_FORMAT,
-    DEFAULT_QUERY_INSTRUCTION_FORMAT,
-    DEFAULT_SUFFIX,
-    ICLExample,
-    build_prefix,
-    format_query,
-    validate_examples,
-    validate_template,
-)
+from bge_icl.loading import LoadedModel, load_replicas
+from bge_icl.options import MODEL_ALIASES, EmbedderOptions, FrozenOptionError, frozen_message
+from bge_icl.prefix_cache import PrefixCache, SharedPrefix, attention_window
+from bge_icl.prompts import ICLExample, build_prefix, format_query, validate_examples
+from bge_icl.replicas import ReplicaPool
 from bge_icl.tokenization import Tokenized
+from bge_icl.truncation import OnTruncation, TruncationError, TruncationWarning, check_mode, report_truncation
 
-OnTruncation = Literal["warn", "error", "ignore"]
-ON_TRUNCATION = ("warn", "error", "ignore")
+__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "ICLEmbedder", "Stats", "TruncationError", "TruncationWarning"]
+
+Kind = Literal["queries", "passages"]
+KINDS: tuple[Kind, ...] = ("queries", "passages")
 DEFAULT_MAX_BATCH_TOKENS = {"cuda": 65536, "cpu": 16384}
 
 
-class TruncationWarning(UserWarning):
-    """Some texts were longer than ``query_max_length`` / ``passage_max_length`` and were cut."""
+class CallOptions(TypedDict, total=False):
+    """Per-call overrides of ``encode_queries`` / ``encode_corpus``.
+
+    Attributes:
+        show_progress: Override the embedder's ``show_progress`` for this call.
+        on_truncation: Override the embedder's ``on_truncation`` for this call.
+    """
+
+    show_progress: bool | None
+    on_truncation: OnTruncation | None
 
 
-class TruncationError(ValueError):
-    """Raised instead of :class:`TruncationWarning` when ``on_truncation="error"``."""
+@dataclass(frozen=True)
+class Stats:
+    """What an embedder has done so far (a snapshot).
 
+    Attributes:
+        prefix_hits: Queries that ran on the cached few-shot prefix.
+        prefix_misses: Queries that ran as whole prompts although a prefix is cached (they did not start
+            with it, or would pass the attention window).
+        prefix_builds: Prefix key/value caches built (one per replica that ran a prefix batch).
+        replica_rows: Texts embedded by each replica, in ``devices`` order.
+    """
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        msg = f"{name} must be a positive int, got {value!r}"
-        raise ValueError(msg)
-    return value
+    prefix_hits: int
+    prefix_misses: int
+    prefix_builds: int
+    replica_rows: tuple[int, ...]
 
 
 class ICLEmbedder:
@@ -54,37 +74,18 @@ class ICLEmbedder:
 
     Behaves like FlagEmbedding 1.4.2's ``FlagICLModel`` (same prompts, same truncation, same
     vectors), with the device and dtype fixed at load, one encode path for queries and passages,
-    length-sorted token-budget batching and out-of-memory backoff.
+    length-sorted token-budget batching and out-of-memory backoff. The options (see
+    :class:`~bge_icl.options.EmbedderOptions` for each one's type, default and meaning) are fixed
+    once built; :meth:`with_options` makes another embedder that shares the loaded weights.
 
     Args:
-        model_name_or_path: Hub id or local directory, loaded with ``from_pretrained``.
-        examples_for_task: Few-shot examples, each ``{"instruct"?, "query", "response"}``; None = zero-shot.
-        query_instruction_for_retrieval: The task instruction put before each query; None = query as is.
-        query_instruction_format: Template with two ``{}``: instruction, query.
-        examples_instruction_format: Template with three ``{}``: instruction, query, response.
-        suffix: Appended after each query (before EOS).
-        query_max_length: Token limit for a query (without the examples prefix), FlagEmbedding's meaning.
-        passage_max_length: Token limit for a passage, special tokens included.
-        normalize_embeddings: L2-normalize the vectors (in float32).
-        devices: FlagEmbedding's meaning: None = first CUDA GPU else CPU; ``0`` or ``[0]`` = ``cuda:0``;
-            ``"cpu"``, ``"cuda:1"``; a list = one model replica per entry, fed from one batch queue;
-            ``"auto"`` = every visible GPU (CPU when there is none).
-        dtype: ``"auto"`` (float16 on GPU, float32 on CPU), ``"float16"``, ``"bfloat16"``, ``"float32"``
-            or a ``torch.dtype``.
-        batch_size: Most texts per forward pass.
-        max_batch_tokens: Most padded tokens per forward pass; None = 65,536 on GPU, 16,384 on CPU.
-        attn_implementation: ``"sdpa"``, ``"eager"`` or ``"flash_attention_2"``; None = flash-attn 2
-            on GPU when installed, else sdpa.
-        prefix_cache: Run the constant few-shot prefix once and reuse its keys/values for every query
-            (same vectors, much less compute). False always runs the whole prompt.
-        on_truncation: What to do when texts are cut to their max length: ``"warn"`` (one
-            :class:`TruncationWarning` per call), ``"error"`` (raise :class:`TruncationError`), ``"ignore"``.
-        show_progress: Show a progress bar; None = only when a call needs more than one batch.
-        trust_remote_code: Passed to ``from_pretrained``. Off by default.
-        cache_dir: Passed to ``from_pretrained``.
-        revision: Passed to ``from_pretrained``.
-        use_fp16: FlagEmbedding compatibility: False means float32. Used only when ``dtype="auto"``.
-        use_bf16: FlagEmbedding compatibility: True means bfloat16 on GPU. Used only when ``dtype="auto"``.
+        model_name_or_path: Hub id or local directory (also ``model_name=`` or ``model=``).
+        **options: Any other :class:`~bge_icl.options.EmbedderOptions` field.
+
+    Raises:
+        TypeError: An unknown option (the message lists the valid ones) or a value of the wrong type.
+        ValueError: A value out of range, or limits that leave no room for text.
+        OSError: The model cannot be loaded.
 
     Example:
         >>> emb = ICLEmbedder("BAAI/bge-en-icl", examples_for_task=examples,
@@ -93,181 +94,210 @@ class ICLEmbedder:
         (1, 4096)
     """
 
-    def __init__(
-        self,
-        model_name_or_path: str = "BAAI/bge-en-icl",
-        *,
-        examples_for_task: Sequence[Mapping[str, str]] | None = None,
-        query_instruction_for_retrieval: str | None = None,
-        query_instruction_format: str = DEFAULT_QUERY_INSTRUCTION_FORMAT,
-        examples_instruction_format: str = DEFAULT_EXAMPLES_INSTRUCTION_FORMAT,
-        suffix: str = DEFAULT_SUFFIX,
-        query_max_length: int = 512,
-        passage_max_length: int = 512,
-        normalize_embeddings: bool = True,
-        devices: DeviceSpec = None,
-        dtype: str | torch.dtype = "auto",
-        batch_size: int = 32,
-        max_batch_tokens: int | None = None,
-        attn_implementation: str | None = None,
-        prefix_cache: bool = True,
-        on_truncation: OnTruncation = "warn",
-        show_progress: bool | None = None,
-        trust_remote_code: bool = False,
-        cache_dir: str | None = None,
-        revision: str | None = None,
-        use_fp16: bool | None = None,
-        use_bf16: bool | None = None,
-    ) -> None:
-        self._options: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        if not isinstance(model_name_or_path, str) or not model_name_or_path:
-            msg = f"model_name_or_path must be a non-empty str (hub id or local directory), got {model_name_or_path!r}"
-            raise ValueError(msg)
-        if query_instruction_for_retrieval is not None and not isinstance(query_instruction_for_retrieval, str):
-            kind = type(query_instruction_for_retrieval).__name__
-            msg = f"query_instruction_for_retrieval must be a str or None, got {kind}"
-            raise TypeError(msg)
-        if not isinstance(suffix, str):
-            msg = f"suffix must be a str, got {type(suffix).__name__}"
-            raise TypeError(msg)
-        if on_truncation not in ON_TRUNCATION:
-            msg = f"on_truncation={on_truncation!r} is not supported; valid: {ON_TRUNCATION}"
-            raise ValueError(msg)
-        self.model_name_or_path = model_name_or_path
-        self.query_instruction_for_retrieval = query_instruction_for_retrieval
-        self.query_instruction_format = validate_template("query_instruction_format", query_instruction_format, 2)
-        self.examples_instruction_format = validate_template(
-            "examples_instruction_format", examples_instruction_format, 3
-        )
-        self.examples: tuple[ICLExample, ...] = validate_examples(examples_for_task, query_instruction_for_retrieval)
-        self.suffix = suffix
-        self.prefix = build_prefix(self.examples, self.examples_instruction_format)
-        self.query_max_length = _positive_int("query_max_length", query_max_length)
-        self.passage_max_length = _positive_int("passage_max_length", passage_max_length)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.normalize_embeddings = bool(normalize_embeddings)
-        self.on_truncation: OnTruncation = on_truncation
-        self.show_progress = show_progress
-        self.prefix_cache = bool(prefix_cache)
-        self._prefix_ids_value: list[int] | None = None
-        self._prefix_ids_known = False
-        self._prefixes: dict[int, PrefixCache] = {}  # replica index -> its key/value cache of the prefix
-        self._stats_lock = threading.Lock()
-        self.cache_stats = {"hits": 0, "misses": 0}  # queries run on the prefix cache / as whole prompts
+    def __init__(self, model_name_or_path: str | os.PathLike[str] | None = None, **options: Any) -> None:
+        if model_name_or_path is not None:
+            twice = sorted(set(options) & set(MODEL_ALIASES))
+            if twice:
+                msg = f"the model is given twice: as the first argument and as {twice[0]}="
+                raise TypeError(msg)
+            options["model_name"] = model_name_or_path
+        self._setup(EmbedderOptions(**options))
 
-        devs = resolve_devices(devices)
-        if dtype == "auto" and (use_fp16 is False or use_bf16):
-            dtype = "bfloat16" if use_bf16 and devs[0] != "cpu" else "float32"
-        device_type = torch.device(devs[0]).type
-        default_budget = DEFAULT_MAX_BATCH_TOKENS.get(device_type, DEFAULT_MAX_BATCH_TOKENS["cuda"])
-        self.max_batch_tokens = _positive_int(
-            "max_batch_tokens", default_budget if max_batch_tokens is None else max_batch_tokens
-        )
-        # One model replica per listed device; a device listed twice gets two replicas.
-        self._replicas: list[LoadedModel] = [
-            load_model(
-                model_name_or_path,
-                device=device,
-                dtype=resolve_dtype(dtype, device),
-                attn_implementation=resolve_attention(attn_implementation, device),
-                trust_remote_code=trust_remote_code,
-                cache_dir=cache_dir,
-                revision=revision,
-                replica=devs[:k].count(device),
+    @classmethod
+    def from_options(cls, options: EmbedderOptions) -> ICLEmbedder:
+        """Build from validated options (an adapter's, too: only the option fields are read)."""
+        self = cls.__new__(cls)
+        self._setup(options.options())
+        return self
+
+    def _setup(self, options: EmbedderOptions) -> None:
+        o = self._options = options
+        self._examples = validate_examples(o.examples_for_task, o.query_instruction_for_retrieval)
+        self._prefix_text = build_prefix(self._examples, o.examples_instruction_format)
+        self._pool = ReplicaPool(
+            load_replicas(
+                o.model_name,
+                devices=o.devices,
+                dtype=o.dtype,
+                attn_implementation=o.attn_implementation,
+                use_fp16=o.use_fp16,
+                use_bf16=o.use_bf16,
+                trust_remote_code=o.trust_remote_code,
+                cache_dir=o.cache_dir,
+                revision=o.revision,
+                show_progress=o.show_progress is not False,
             )
-            for k, device in enumerate(devs)
-        ]
-        self._loaded = self._replicas[0]
-        self.replica_rows = [0] * len(self._replicas)  # texts embedded by each replica so far
-        tok = self._loaded.tokenizer
-        self._query_plan = tok.query_plan(self.prefix, self.suffix, self.query_max_length)
-        if self._query_plan.query_budget <= 0:
+        )
+        first = self._pool.replicas[0]
+        self._budget = o.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS.get(first.device.type, 65536)
+        tok = first.tokenizer
+        self._plan = tok.query_plan(self._prefix_text, o.suffix, o.query_max_length)
+        if self._plan.query_budget <= 0:
             msg = (
-                f"query_max_length={query_max_length} leaves no room for the query: BOS, the suffix "
-                f"{suffix!r} and EOS take {query_max_length - self._query_plan.query_budget} tokens"
+                f"query_max_length={o.query_max_length} leaves no room for the query: BOS, the suffix "
+                f"{o.suffix!r} and EOS take {o.query_max_length - self._plan.query_budget} tokens"
             )
             raise ValueError(msg)
-        if self.passage_max_length <= tok.n_special:
+        if o.passage_max_length <= tok.n_special:
             msg = (
-                f"passage_max_length={passage_max_length} leaves no room for text next to "
+                f"passage_max_length={o.passage_max_length} leaves no room for text next to "
                 f"{tok.n_special} special tokens"
             )
             raise ValueError(msg)
+        special = set(tok.tokenizer.all_special_ids) - set(tok.head)
+        probe = self.tokenize_queries(["a", "1"]).ids
+        self._shared = SharedPrefix(lambda: (probe[0], probe[1]), tok.head, special, o.prefix_cache)
 
-    # -- public API -------------------------------------------------------------------------
+    # -- configuration, read-only ---------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_") and name in EmbedderOptions.OPTION_NAMES:
+            return getattr(self._options, name)
+        msg = f"{type(self).__name__!r} object has no attribute {name!r}"
+        raise AttributeError(msg)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in EmbedderOptions.OPTION_NAMES:
+            raise FrozenOptionError(frozen_message(name))
+        object.__setattr__(self, name, value)
+
+    @property
+    def options(self) -> EmbedderOptions:
+        """The validated options this embedder was built with (immutable)."""
+        return self._options
+
+    @property
+    def model_name_or_path(self) -> str:
+        """The model option as given (FlagEmbedding's name for it)."""
+        return self._options.model_name
+
+    @property
+    def examples(self) -> tuple[ICLExample, ...]:
+        """The few-shot examples, each with its ``instruct`` filled in."""
+        return self._examples
+
+    @property
+    def prefix(self) -> str:
+        """The few-shot prefix text put before every query ('' when zero-shot)."""
+        return self._prefix_text
+
+    @property
+    def replicas(self) -> tuple[LoadedModel, ...]:
+        """The loaded models, one per ``devices`` entry; shared with other embedders of the same weights."""
+        return self._pool.replicas
 
     @property
     def dimension(self) -> int:
         """Size of each embedding (the model's hidden size; 4096 for bge-en-icl)."""
-        return self._loaded.hidden_size
+        return self._pool.replicas[0].hidden_size
 
     @property
     def device(self) -> torch.device:
         """The (first) device the model runs on, fixed at load."""
-        return self._loaded.device
+        return self._pool.replicas[0].device
 
     @property
     def devices(self) -> list[torch.device]:
         """Every device holding a replica, in the order given."""
-        return [r.device for r in self._replicas]
+        return [r.device for r in self._pool.replicas]
 
     @property
     def dtype(self) -> torch.dtype:
         """The model's dtype, fixed at load."""
-        return self._loaded.dtype
+        return self._pool.replicas[0].dtype
 
     @property
-    def options(self) -> dict[str, Any]:
-        """The constructor arguments this embedder was built with (a copy)."""
-        return dict(self._options)
+    def token_budget(self) -> int:
+        """Most padded tokens per forward pass (``max_batch_tokens``, or its default for the device)."""
+        return self._budget
+
+    @property
+    def prefix_ids(self) -> tuple[int, ...] | None:
+        """The token ids whose keys/values are cached (None when queries run whole)."""
+        return self._shared.ids(attention_window(self._pool.replicas[0].model))
+
+    @property
+    def prefix_length(self) -> int | None:
+        """How many tokens of every query are cached (None when queries run whole)."""
+        ids = self.prefix_ids
+        return None if ids is None else len(ids)
+
+    @property
+    def prefix_caches(self) -> dict[int, PrefixCache]:
+        """The prefix key/value caches built so far, by replica index (a snapshot)."""
+        return self._shared.caches
+
+    @property
+    def stats(self) -> Stats:
+        """Counters of the prefix cache and of the replicas' work so far."""
+        s = self._shared
+        return Stats(s.hits, s.misses, s.builds, self._pool.rows)
+
+    def fingerprint(self, kind: Kind) -> str:
+        """sha256 of everything that determines a ``kind`` vector: resolved model, revision, dtype, dimension,
+        normalization, the max length and, for queries, the whole prompt. Equal fingerprints, equal vectors."""
+        o = self._check_kind(kind)
+        settings: dict[str, Any] = {
+            "model": self._pool.replicas[0].source,
+            "revision": o.revision,
+            "dtype": str(self.dtype),
+            "dimension": self.dimension,
+            "normalize": o.normalize_embeddings,
+        }
+        if kind == "passages":
+            settings["passage_max_length"] = o.passage_max_length
+        else:
+            settings.update(
+                prefix=self.prefix,
+                instruction=o.query_instruction_for_retrieval,
+                query_format=o.query_instruction_format,
+                suffix=o.suffix,
+                query_max_length=o.query_max_length,
+            )
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    def with_options(self, **changes: Any) -> ICLEmbedder:
+        """A new embedder with ``changes`` applied; it shares the loaded weights when the model settings agree."""
+        return type(self).from_options(self._options.replace(**changes))
 
     def with_examples(self, examples_for_task: Sequence[Mapping[str, str]] | None) -> ICLEmbedder:
-        """A new embedder with other few-shot examples that shares this one's loaded model.
+        """A new embedder with other few-shot examples (None = zero-shot), sharing the loaded weights."""
+        return self.with_options(examples_for_task=examples_for_task)
 
-        Args:
-            examples_for_task: The new examples; None = zero-shot.
-        """
-        return type(self)(**{**self._options, "examples_for_task": examples_for_task})
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickles carry the options; unpickling loads the model (or reuses the process's copy).
+        return (type(self).from_options, (self._options,))
 
-    def encode_queries(
-        self,
-        queries: str | Iterable[str],
-        *,
-        show_progress: bool | None = None,
-        on_truncation: OnTruncation | None = None,
-    ) -> np.ndarray:
+    def __deepcopy__(self, memo: dict[int, Any]) -> ICLEmbedder:
+        return self.with_options()  # the same weights, never a second copy of them
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.model_name_or_path!r}, examples={len(self.examples)}, "
+            f"device={str(self.device)!r}, dtype={self.dtype}, dimension={self.dimension})"
+        )
+
+    # -- options -> tokenize -> run ------------------------------------------------------------------
+
+    def encode_queries(self, queries: str | Iterable[str], **call: Unpack[CallOptions]) -> np.ndarray:
         """Embed queries: ``prefix + instruction-formatted query + suffix``, then EOS.
 
         Args:
             queries: One query or a list of them.
-            show_progress: Override the embedder's ``show_progress`` for this call.
-            on_truncation: Override the embedder's ``on_truncation`` for this call.
+            **call: ``show_progress`` / ``on_truncation`` for this call only (see :class:`CallOptions`).
 
         Returns:
             float32 array, shape (N, dimension), or (dimension,) for a single ``str``.
         """
-        return self._encode(queries, "queries", show_progress, on_truncation)
+        return self._encode(queries, "queries", **call)
 
-    def encode_corpus(
-        self,
-        corpus: str | Iterable[str],
-        *,
-        show_progress: bool | None = None,
-        on_truncation: OnTruncation | None = None,
-    ) -> np.ndarray:
-        """Embed passages as they are (no prefix, no instruction), then EOS.
+    def encode_corpus(self, corpus: str | Iterable[str], **call: Unpack[CallOptions]) -> np.ndarray:
+        """Embed passages as they are (no prefix, no instruction), then EOS; arguments as :meth:`encode_queries`."""
+        return self._encode(corpus, "passages", **call)
 
-        Args:
-            corpus: One passage or a list of them.
-            show_progress: Override the embedder's ``show_progress`` for this call.
-            on_truncation: Override the embedder's ``on_truncation`` for this call.
+    encode = encode_corpus
 
-        Returns:
-            float32 array, shape (N, dimension), or (dimension,) for a single ``str``.
-        """
-        return self._encode(corpus, "passages", show_progress, on_truncation)
-
-    def check_truncation(self, texts: Iterable[str], kind: Literal["queries", "passages"]) -> list[int]:
+    def check_truncation(self, texts: Iterable[str], kind: Kind) -> list[int]:
         """Report, as an encode call would, which ``texts`` exceed their max length, without embedding them.
 
         For callers that split one logical call into several ``encode_*`` calls (the LlamaIndex adapter's
@@ -279,185 +309,70 @@ class ICLEmbedder:
         Raises:
             TruncationError: Some would be, and ``on_truncation="error"``.
         """
-        if kind not in ("queries", "passages"):
-            msg = f"kind={kind!r} is not supported; valid: ('queries', 'passages')"
-            raise ValueError(msg)
+        self._check_kind(kind)
         items, _ = as_text_list(texts)
         tokenized, limit = self._tokenize(items, kind)
-        self._report_truncation(tokenized.truncated, len(items), kind, limit, self.on_truncation)
+        report_truncation(tokenized.truncated, len(items), kind, limit, self._options.on_truncation, stacklevel=3)
         return tokenized.truncated
-
-    encode = encode_corpus
 
     def tokenize_queries(self, queries: Sequence[str]) -> Tokenized:
         """The exact token ids the model sees for ``queries`` (special tokens included)."""
-        formatted = [
-            format_query(q, self.query_instruction_for_retrieval, self.query_instruction_format) for q in queries
-        ]
-        return self._loaded.tokenizer.queries(formatted, self._query_plan)
+        o = self._options
+        formatted = [format_query(q, o.query_instruction_for_retrieval, o.query_instruction_format) for q in queries]
+        return self._pool.replicas[0].tokenizer.queries(formatted, self._plan)
 
     def tokenize_corpus(self, corpus: Sequence[str]) -> Tokenized:
         """The exact token ids the model sees for ``corpus`` (special tokens included)."""
-        return self._loaded.tokenizer.passages(corpus, self.passage_max_length)
+        return self._pool.replicas[0].tokenizer.passages(corpus, self._options.passage_max_length)
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}({self.model_name_or_path!r}, examples={len(self.examples)}, "
-            f"device={str(self.device)!r}, dtype={self.dtype}, dimension={self.dimension})"
-        )
+    def _check_kind(self, kind: str) -> EmbedderOptions:
+        if kind not in KINDS:
+            msg = f"kind={kind!r} is not supported; valid: {KINDS}"
+            raise ValueError(msg)
+        return self._options
 
-    # -- the one encode path -----------------------------------------------------------------
+    def _tokenize(self, items: list[str], kind: Kind) -> tuple[Tokenized, tuple[str, int]]:
+        if kind == "queries":
+            return self.tokenize_queries(items), ("query_max_length", self._options.query_max_length)
+        return self.tokenize_corpus(items), ("passage_max_length", self._options.passage_max_length)
 
-    def _encode(
-        self,
-        texts: str | Iterable[str],
-        kind: Literal["queries", "passages"],
-        show: bool | None,
-        on_truncation: OnTruncation | None,
-    ) -> np.ndarray:
+    def _encode(self, texts: str | Iterable[str], kind: Kind, **call: Unpack[CallOptions]) -> np.ndarray:
+        unknown = sorted(set(call) - set(CallOptions.__annotations__))
+        if unknown:
+            msg = f"unknown argument(s) {unknown}; valid: {sorted(CallOptions.__annotations__)}"
+            raise TypeError(msg)
         items, single = as_text_list(texts)
+        mode, show = call.get("on_truncation"), call.get("show_progress")
+        on_truncation = self._options.on_truncation if mode is None else check_mode(mode)
         if not items:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        if on_truncation is not None and on_truncation not in ON_TRUNCATION:
-            msg = f"on_truncation={on_truncation!r} is not supported; valid: {ON_TRUNCATION}"
-            raise ValueError(msg)
         tokenized, limit = self._tokenize(items, kind)
-        self._report_truncation(tokenized.truncated, len(items), kind, limit, on_truncation or self.on_truncation)
-        vectors = self._embed_ids(tokenized.ids, kind, self.show_progress if show is None else show)
+        report_truncation(tokenized.truncated, len(items), kind, limit, on_truncation, stacklevel=3)
+        vectors = self._run(tokenized.ids, kind, self._options.show_progress if show is None else show)
         return vectors[0] if single else vectors
 
-    def _tokenize(self, items: list[str], kind: str) -> tuple[Tokenized, tuple[str, int]]:
-        if kind == "queries":
-            return self.tokenize_queries(items), ("query_max_length", self.query_max_length)
-        return self.tokenize_corpus(items), ("passage_max_length", self.passage_max_length)
-
-    def _report_truncation(
-        self, truncated: list[int], n: int, kind: str, limit: tuple[str, int], mode: OnTruncation
-    ) -> None:
-        if not truncated or mode == "ignore":
-            return
-        msg = (
-            f"{len(truncated)} of {n} {kind} exceeded {limit[0]}={limit[1]} tokens and were truncated "
-            f"(first: item {truncated[0]})"
-        )
-        if mode == "error":
-            raise TruncationError(msg + "; shorten or split them, raise the limit, or pass on_truncation='warn'")
-        warnings.warn(msg, TruncationWarning, stacklevel=4)
-
-    @property
-    def _prefix(self) -> PrefixCache | None:
-        """The first replica's prefix cache (None until the first query call, or when unusable)."""
-        return self._prefixes.get(0)
-
-    def _prefix_ids(self) -> list[int] | None:
-        """The ids every query starts with, when long enough to be worth caching (computed once)."""
-        if not self._prefix_ids_known:
-            ids = self._stable_prefix_ids()
-            window = attention_window(self._loaded.model)
-            usable = len(ids) > len(self._loaded.tokenizer.head) and (window is None or len(ids) < window)
-            self._prefix_ids_value = ids if usable else None
-            self._prefix_ids_known = True
-        return self._prefix_ids_value
-
-    def _prefix_on(self, replica: int, ids: list[int]) -> PrefixCache:
-        """The key/value cache of ``ids`` on one replica, built on first use; call under its lock."""
-        cache = self._prefixes.get(replica)
-        if cache is None:
-            cache = build_prefix_cache(self._replicas[replica].model, ids)
-            self._prefixes[replica] = cache
-        return cache
-
-    def _stable_prefix_ids(self) -> list[int]:
-        """The ids every query starts with: the common start of two probe queries, cut after its last
-        special token (``<query>``) when it has one, else one token short, so query text never merges in."""
-        a, b = self.tokenize_queries(["a", "1"]).ids
-        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-        common = a[:n]
-        special = set(self._loaded.tokenizer.tokenizer.all_special_ids) - set(self._loaded.tokenizer.head)
-        last_special = max((i for i, t in enumerate(common) if t in special), default=None)
-        return common[: last_special + 1] if last_special is not None else common[:-1]
-
-    def _embed_ids(self, ids: list[list[int]], kind: str, show: bool | None) -> np.ndarray:
+    def _run(self, ids: list[list[int]], kind: Kind, show: bool | None) -> np.ndarray:
         """Embed token-id lists longest first under the token budget; rows come back in input order.
 
-        Queries that start with the cached prefix run on it; the rest run as whole prompts. Batches go
-        through one queue, served by one worker per replica (the calling thread when there is one).
+        Queries that start with the cached prefix run on it; the rest run as whole prompts.
         """
-        n = len(ids)
-        out = np.empty((n, self.dimension), dtype=np.float32)
-        everything = list(range(n))
-        groups: list[tuple[list[int], list[int], int]] = [(everything, [len(x) for x in ids], 0)]
-        prefix_ids = self._prefix_ids() if kind == "queries" and self.prefix_cache else None
-        if prefix_ids is not None:
-            P, window = len(prefix_ids), attention_window(self._loaded.model)
-            hits = [i for i in everything if starts_with(ids[i], prefix_ids, window)]
-            misses = sorted(set(everything) - set(hits))
-            groups = [(hits, [len(ids[i]) - P for i in hits], P), (misses, [len(ids[i]) for i in misses], 0)]
-            with self._stats_lock:
-                self.cache_stats["hits"] += len(hits)
-                self.cache_stats["misses"] += len(misses)
-        queue = BatchQueue(groups, self.batch_size, self.max_batch_tokens)
-        disable = (not show) if show is not None else (True if n <= self.batch_size else None)
+        n, pad_id = len(ids), self._pool.replicas[0].tokenizer.pad_id
+        window = attention_window(self._pool.replicas[0].model)
+        groups = self._shared.split(ids, window) if kind == "queries" else [(list(range(n)), [len(x) for x in ids], 0)]
+        queue = BatchQueue(groups, self._options.batch_size, self._budget)
+        out = np.empty((n, self.dimension), dtype=np.float32)  # (N, H)
+
+        def step(replica: int, loaded: LoadedModel, batch: Batch) -> torch.Tensor:
+            prefix = self._shared.cache_on(replica, loaded.model) if batch.skip else None
+            rows = [ids[i] for i in batch.rows]
+            return embed_batch(loaded.model, rows, pad_id, self._options.normalize_embeddings, prefix)  # (B, H)
+
+        disable = (not show) if show is not None else (True if n <= self._options.batch_size else None)
         with tqdm(total=n, desc=f"Embedding {kind}", unit="text", disable=disable) as bar:
 
-            def work(replica: int) -> None:
-                self._work(replica, queue, ids, prefix_ids, out, bar)
+            def sink(batch: Batch, vectors: torch.Tensor) -> None:
+                out[batch.rows] = vectors.cpu().numpy()
+                bar.update(len(batch.rows))
 
-            self._run_workers(queue, work)
+            self._pool.run(queue, step, sink)
         return out
-
-    def _work(
-        self,
-        replica: int,
-        queue: BatchQueue,
-        ids: list[list[int]],
-        prefix_ids: list[int] | None,
-        out: np.ndarray,
-        bar: Any,
-    ) -> None:
-        """Take batches from ``queue`` and embed them on one replica until the queue is empty."""
-        loaded = self._replicas[replica]
-        while (batch := queue.take()) is not None:
-            with loaded.lock:
-                try:
-                    prefix = self._prefix_on(replica, prefix_ids) if batch.skip and prefix_ids else None
-                    vectors = embed_batch(
-                        loaded.model,
-                        [ids[i] for i in batch.rows],
-                        loaded.tokenizer.pad_id,
-                        self.normalize_embeddings,
-                        prefix,
-                    )  # (B, H) float32
-                except torch.OutOfMemoryError as e:
-                    if len(batch.rows) == 1:
-                        msg = (
-                            f"out of memory on {loaded.device} ({loaded.dtype}) for a single sequence of "
-                            f"{batch.lengths[0] + batch.skip} tokens; lower query_max_length/passage_max_length, "
-                            "use dtype='float16', or use a device with more memory"
-                        )
-                        raise torch.OutOfMemoryError(msg) from e
-                    queue.shrink(batch)  # half the budget, kept for the rest of the call; same rows again
-                    if loaded.device.type == "cuda":
-                        with torch.cuda.device(loaded.device):
-                            torch.cuda.empty_cache()
-                    continue
-            out[batch.rows] = vectors.cpu().numpy()
-            bar.update(len(batch.rows))
-            with self._stats_lock:
-                self.replica_rows[replica] += len(batch.rows)
-
-    def _run_workers(self, queue: BatchQueue, work: Callable[[int], None]) -> None:
-        """Run ``work(replica)`` for every replica; the first failure stops the rest and is raised."""
-        if len(self._replicas) == 1:
-            work(0)
-            return
-        with ThreadPoolExecutor(len(self._replicas), thread_name_prefix="bge-icl-replica") as pool:
-            futures = [pool.submit(work, r) for r in range(len(self._replicas))]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            if any(f.exception() is not None for f in done):
-                queue.close()
-            wait(futures)
-        for future in futures:
-            error = future.exception()
-            if error is not None:
-                raise error

@@ -31,7 +31,7 @@ DTYPES: dict[str, torch.dtype] = {
     "float": torch.float32,
 }
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-DeviceSpec = str | int | torch.device | list[str] | list[int] | None
+DeviceSpec = str | int | torch.device | list[str] | list[int] | tuple[str | int, ...] | None
 
 
 def resolve_devices(devices: DeviceSpec) -> list[str]:
@@ -141,6 +141,11 @@ class LoadedModel:
         """Embedding dimension."""
         return int(self.model.config.hidden_size)
 
+    @property
+    def source(self) -> str:
+        """What was loaded: the resolved local directory (symlinks and ``~`` resolved) or the hub id."""
+        return str(self.key[0])
+
 
 _REGISTRY: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = weakref.WeakValueDictionary()
 _REGISTRY_LOCK = threading.Lock()
@@ -163,6 +168,36 @@ def _not_found(model_name_or_path: str, error: Exception) -> OSError:
     return OSError(msg)
 
 
+def load_replicas(
+    model_name: str,
+    *,
+    devices: DeviceSpec,
+    dtype: str | torch.dtype,
+    attn_implementation: str | None,
+    use_fp16: bool | None = None,
+    use_bf16: bool | None = None,
+    **load_options: Any,
+) -> list[LoadedModel]:
+    """One :func:`load_model` per entry of ``devices`` (a device listed twice gets two replicas).
+
+    ``use_fp16=False`` / ``use_bf16=True`` (FlagEmbedding's flags) pick float32 / bfloat16 when ``dtype="auto"``.
+    """
+    devs = resolve_devices(devices)
+    if dtype == "auto" and (use_fp16 is False or use_bf16):
+        dtype = "bfloat16" if use_bf16 and devs[0] != "cpu" else "float32"
+    return [
+        load_model(
+            model_name,
+            device=device,
+            dtype=resolve_dtype(dtype, device),
+            attn_implementation=resolve_attention(attn_implementation, device),
+            replica=devs[:k].count(device),
+            **load_options,
+        )
+        for k, device in enumerate(devs)
+    ]
+
+
 def load_model(
     model_name_or_path: str,
     *,
@@ -173,11 +208,13 @@ def load_model(
     cache_dir: str | None = None,
     revision: str | None = None,
     replica: int = 0,
+    show_progress: bool = True,
 ) -> LoadedModel:
     """Load (or reuse) a model and tokenizer, placed on ``device`` in ``dtype``, in eval mode.
 
     Two calls with the same arguments return the same :class:`LoadedModel` while either caller
     still holds it. ``replica`` > 0 asks for another copy on the same device (for ``devices=["cpu", "cpu"]``).
+    ``show_progress=False`` hides transformers' weight-loading progress bar.
 
     Raises:
         OSError: The path or hub id cannot be loaded; the message says how to fix it.
@@ -195,6 +232,9 @@ def load_model(
         from transformers import AutoModel, AutoTokenizer
 
         common: dict[str, Any] = {"trust_remote_code": trust_remote_code, "cache_dir": cache_dir, "revision": revision}
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        if not show_progress:
+            transformers.utils.logging.disable_progress_bar()
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
             model = AutoModel.from_pretrained(
@@ -202,6 +242,9 @@ def load_model(
             )
         except (OSError, HFValidationError) as e:  # 4.x raises HFValidationError for a missing absolute path
             raise _not_found(model_name_or_path, e) from e
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
         prompt_tokenizer = PromptTokenizer(tokenizer)  # raises when there is no EOS token
         model = model.to(device).eval()
         loaded = LoadedModel(model, prompt_tokenizer, torch.device(device), dtype, attn_implementation, key)

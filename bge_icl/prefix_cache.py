@@ -14,7 +14,8 @@ x head_dim x P`` values; for bge-en-icl in float16, 128 KiB per prefix token (ab
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,95 @@ def starts_with(ids: Sequence[int], prefix_ids: Sequence[int], max_total: int | 
     P = len(prefix_ids)
     fits = max_total is None or len(ids) <= max_total
     return fits and len(ids) > P and list(ids[:P]) == list(prefix_ids)
+
+
+Group = tuple[list[int], list[int], int]  # input indices, their lengths to run, cached tokens before them
+
+
+def stable_prefix(a: Sequence[int], b: Sequence[int], special_ids: set[int]) -> list[int]:
+    """The ids every query starts with, from the token ids of two probe queries.
+
+    Their common start, cut after its last special token (``<query>``) when it has one, else one
+    token short, so query text never merges into the cached part.
+
+    Example:
+        >>> stable_prefix([1, 5, 9, 7, 2], [1, 5, 9, 8, 2], special_ids={9})
+        [1, 5, 9]
+    """
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    common = list(a[:n])
+    last_special = max((i for i, t in enumerate(common) if t in special_ids), default=None)
+    return common[: last_special + 1] if last_special is not None else common[:-1]
+
+
+class SharedPrefix:
+    """Prefix selection for one embedder: which queries run on the cached prefix, one cache per replica.
+
+    The prefix ids are found once, on first use (``probe`` tokenizes two queries); they are cached only
+    when longer than the tokenizer's head (BOS) and shorter than the attention window. Each replica
+    builds its own :class:`PrefixCache` on its first prefix batch. Counters: queries run on the
+    cache (``hits``), as whole prompts (``misses``), and caches built (``builds``).
+
+    Args:
+        probe: Token ids of two different queries, special tokens included.
+        head: The ids the tokenizer puts before every text (BOS).
+        special_ids: Special-token ids that may end the prefix (``<query>``).
+        enabled: False = never cache (``prefix_cache=False``).
+    """
+
+    def __init__(
+        self,
+        probe: Callable[[], tuple[list[int], list[int]]],
+        head: Sequence[int],
+        special_ids: set[int],
+        enabled: bool,
+    ) -> None:
+        self._probe, self._head, self._special, self._enabled = probe, list(head), special_ids, enabled
+        self._ids: tuple[int, ...] | None = None
+        self._known = False
+        self._caches: dict[int, PrefixCache] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.builds = 0
+
+    def ids(self, window: int | None) -> tuple[int, ...] | None:
+        """The cached prefix ids, or None when queries run whole (disabled, too short, or past ``window``)."""
+        with self._lock:
+            if not self._known:
+                ids = stable_prefix(*self._probe(), self._special) if self._enabled else []
+                usable = len(ids) > len(self._head) and (window is None or len(ids) < window)
+                self._ids, self._known = (tuple(ids) if usable else None), True
+            return self._ids
+
+    @property
+    def caches(self) -> dict[int, PrefixCache]:
+        """The caches built so far, by replica index (a copy)."""
+        with self._lock:
+            return dict(self._caches)
+
+    def split(self, ids: Sequence[Sequence[int]], window: int | None) -> list[Group]:
+        """Groups for a :class:`~bge_icl.batching.BatchQueue`: queries that continue the prefix, then the rest."""
+        everything = list(range(len(ids)))
+        prefix = self.ids(window)
+        if prefix is None:
+            return [(everything, [len(x) for x in ids], 0)]
+        P = len(prefix)
+        hits = [i for i in everything if starts_with(ids[i], prefix, window)]
+        misses = sorted(set(everything) - set(hits))
+        with self._lock:
+            self.hits += len(hits)
+            self.misses += len(misses)
+        return [(hits, [len(ids[i]) - P for i in hits], P), (misses, [len(ids[i]) for i in misses], 0)]
+
+    def cache_on(self, replica: int, model: Any) -> PrefixCache:
+        """The prefix's key/value cache on one replica, built on first use; call under that replica's lock."""
+        cache = self._caches.get(replica)
+        if cache is None:
+            assert self._ids is not None, "split() finds the prefix before any prefix batch runs"
+            cache = build_prefix_cache(model, self._ids)
+            with self._lock:
+                self._caches[replica] = cache
+                self.builds += 1
+        return cache
 
 
 def _cache_kwarg(model: Any) -> str:

@@ -1,6 +1,6 @@
 """The model card's example data: two web-search examples, two queries, two passages.
 
-``bge-icl demo`` (bge_icl/cli.py) embeds them and prints the 2x2 similarity matrix; tests use them as the seed
+``bge-icl demo`` (bge_icl_cli/cli.py) embeds them and prints the 2x2 similarity matrix; tests use them as the seed
 notebook's inputs.
 """
 

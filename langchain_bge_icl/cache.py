@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,46 +23,23 @@ from bge_icl.inputs import as_one_text, as_text_batch
 if TYPE_CHECKING:
     from langchain_classic.embeddings import CacheBackedEmbeddings
     from langchain_classic.storage.encoder_backed import EncoderBackedStore
+    from langchain_core.embeddings import Embeddings
     from langchain_core.stores import ByteStore
-
-    from langchain_bge_icl.embeddings import BgeIclEmbeddings
 
 INSTALL_HINT = "pip install 'bge-icl[langchain-cache]'"
 
 
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
-
 
 def cache_namespaces(embedder: ICLEmbedder) -> tuple[str, str]:
-    """The key prefixes for ``embedder``'s passage and query vectors.
+    """The key prefixes for ``embedder``'s passage and query vectors, from :meth:`ICLEmbedder.fingerprint`.
 
-    The passage namespace hashes the model, revision, dtype, dimension, normalization and
-    ``passage_max_length``; the query namespace hashes those (less ``passage_max_length``) plus the
-    few-shot prefix, instruction, templates, suffix and ``query_max_length``. Changing the examples
-    therefore misses the query cache but keeps the passage cache. Keys use only ``[a-z0-9/-]``, so
-    file-backed stores accept them.
+    Changing the examples therefore misses the query cache but keeps the passage cache; ``ckpt`` and
+    ``ckpt/`` (one resolved directory) share both. Keys use only ``[a-z0-9/-]``, so file-backed stores accept them.
 
     Returns:
         ``(passage_namespace, query_namespace)``, e.g. ``("bge-icl/passage/<sha256>/", ...)``.
     """
-    model = {
-        "model": embedder.model_name_or_path,
-        "revision": embedder.options.get("revision"),
-        "dtype": str(embedder.dtype),
-        "dimension": embedder.dimension,
-        "normalize": embedder.normalize_embeddings,
-    }
-    passage = {**model, "passage_max_length": embedder.passage_max_length}
-    query = {
-        **model,
-        "prefix": embedder.prefix,
-        "instruction": embedder.query_instruction_for_retrieval,
-        "query_format": embedder.query_instruction_format,
-        "suffix": embedder.suffix,
-        "query_max_length": embedder.query_max_length,
-    }
-    return f"bge-icl/passage/{_digest(passage)}/", f"bge-icl/query/{_digest(query)}/"
+    return f"bge-icl/passage/{embedder.fingerprint('passages')}/", f"bge-icl/query/{embedder.fingerprint('queries')}/"
 
 
 def _key_encoder(namespace: str) -> Callable[[str], str]:
@@ -118,7 +94,7 @@ def _checked(base: type[CacheBackedEmbeddings]) -> type[CacheBackedEmbeddings]:
 
 
 def cache_backed_embeddings(
-    embeddings: BgeIclEmbeddings,
+    embeddings: Embeddings,
     document_store: ByteStore,
     query_store: ByteStore | None = None,
     *,
@@ -127,7 +103,7 @@ def cache_backed_embeddings(
     """``embeddings`` behind LangChain's ``CacheBackedEmbeddings``, with query and passage vectors kept apart.
 
     Args:
-        embeddings: The embeddings to cache.
+        embeddings: The :class:`~langchain_bge_icl.BgeIclEmbeddings` to cache.
         document_store: Where passage vectors go (e.g. ``InMemoryByteStore``, ``LocalFileStore``).
         query_store: Where query vectors go; None = ``document_store``, under the query namespace.
         batch_size: Passages embedded between two store writes; None = all missing at once.
@@ -138,13 +114,18 @@ def cache_backed_embeddings(
 
     Raises:
         ImportError: ``langchain-classic`` is not installed.
+        TypeError: ``embeddings`` is not a ``BgeIclEmbeddings``.
         ValueError: ``batch_size`` is not a positive int or None.
     """
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
         msg = f"batch_size must be a positive int or None, got {batch_size!r}"
         raise ValueError(msg)
+    embedder = getattr(embeddings, "embedder", None)
+    if not isinstance(embedder, ICLEmbedder):
+        msg = f"cache_backed_embeddings() takes a BgeIclEmbeddings, got {type(embeddings).__name__}"
+        raise TypeError(msg)
     base, encoder_backed = _classic()
-    passage_namespace, query_namespace = cache_namespaces(embeddings.embedder)
+    passage_namespace, query_namespace = cache_namespaces(embedder)
 
     def store(byte_store: ByteStore, namespace: str) -> EncoderBackedStore[str, list[float]]:
         return encoder_backed(byte_store, _key_encoder(namespace), _serialize, _deserialize)

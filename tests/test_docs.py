@@ -23,6 +23,7 @@ _OPTIONAL = {
     "llama_index": "llama_index.core",
     "llamaindex_bge_icl": "llama_index.core",
     "ray": "ray.data",
+    "ray_bge_icl": "ray.data",
     "langchain_classic": "langchain_classic",
     "faiss": "faiss",
 }
@@ -81,3 +82,13 @@ def test_python_block_runs(
     source = code.replace(MODEL, str(tiny_dir))
     namespace: dict[str, object] = {"__name__": f"docs_block_{index}"}
     exec(compile(source, f"{name}[{index}]", "exec"), namespace)
+
+
+def test_core_docs_list_every_option_once() -> None:
+    """docs/core.md's options table names exactly the options EmbedderOptions declares."""
+    from bge_icl import EmbedderOptions
+
+    table = (ROOT / "docs" / "core.md").read_text(encoding="utf-8").split("## Options", 1)[1].split("\n\n| option")[1]
+    rows = [line for line in table.split("\n\n")[0].splitlines() if line.startswith("| `")]
+    names = [name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])]
+    assert sorted(names) == sorted(EmbedderOptions.OPTION_NAMES)

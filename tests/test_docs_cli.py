@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bge_icl.cli import main
+from bge_icl_cli.cli import main
 from tests.conftest import NOTEBOOK_EXAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent

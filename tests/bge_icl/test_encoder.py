@@ -109,7 +109,7 @@ def test_eos_guarantee(tiny_dir: Path, tiny_no_eos_dir: Path) -> None:
 def test_with_examples_shares_the_model(emb: ICLEmbedder) -> None:
     zero = emb.with_examples(None)
     other = emb.with_examples(NOTEBOOK_EXAMPLES[:1])
-    assert zero._loaded is emb._loaded is other._loaded
+    assert zero.replicas[0] is emb.replicas[0] is other.replicas[0]
     assert zero.prefix == "" and other.prefix.count("<response>") == 1
     q = ["how much protein should a female eat"]
     assert not np.allclose(zero.encode_queries(q), emb.encode_queries(q), atol=1e-4)
@@ -118,12 +118,12 @@ def test_with_examples_shares_the_model(emb: ICLEmbedder) -> None:
 
 def test_same_settings_share_weights_across_instances(tiny_dir: Path, emb: ICLEmbedder) -> None:
     again = ICLEmbedder(str(tiny_dir), devices="cpu")
-    assert again._loaded is emb._loaded
-    assert ICLEmbedder(str(tiny_dir), devices="cpu", attn_implementation="eager")._loaded is not emb._loaded
+    assert again.replicas[0] is emb.replicas[0]
+    assert ICLEmbedder(str(tiny_dir), devices="cpu", attn_implementation="eager").replicas[0] is not emb.replicas[0]
 
 
 def test_encode_never_moves_or_casts_the_model(emb: ICLEmbedder) -> None:
-    params = next(emb._loaded.model.parameters())
+    params = next(emb.replicas[0].model.parameters())
     before = (params.device, params.dtype, params.data_ptr())
     emb.encode_queries(["x"])
     emb.encode_corpus(["y"])
@@ -131,8 +131,7 @@ def test_encode_never_moves_or_casts_the_model(emb: ICLEmbedder) -> None:
 
 
 def test_truncation_warns_once_per_call(emb: ICLEmbedder, tiny_dir: Path) -> None:
-    warner = emb.with_examples(NOTEBOOK_EXAMPLES)
-    warner.on_truncation = "warn"
+    warner = emb.with_options(on_truncation="warn")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warner.encode_corpus([LONG_PASSAGE, "short", LONG_PASSAGE])
@@ -167,8 +166,8 @@ def test_oom_backoff_halves_budget_and_keeps_order(
     texts = [f"passage number {i} " * (1 + i % 7) for i in range(40)]
     expected = emb.encode_corpus(texts)
     fresh = ICLEmbedder(str(tiny_dir), devices="cpu", batch_size=64, attn_implementation="eager")
-    wrapper = _OOMAbove(fresh._loaded.model, limit=120)
-    monkeypatch.setattr(fresh._loaded, "model", wrapper)
+    wrapper = _OOMAbove(fresh.replicas[0].model, limit=120)
+    monkeypatch.setattr(fresh.replicas[0], "model", wrapper)
     got = fresh.encode_corpus(texts)
     assert np.abs(got - expected).max() <= 1e-5
     failed = [s for s in wrapper.calls if s[0] * s[1] > 120]
@@ -179,7 +178,7 @@ def test_oom_backoff_halves_budget_and_keeps_order(
 
 def test_oom_on_a_single_sequence_reraises_with_advice(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fresh = ICLEmbedder(str(tiny_dir), devices="cpu", attn_implementation="eager")
-    monkeypatch.setattr(fresh._loaded, "model", _OOMAbove(fresh._loaded.model, limit=3))
+    monkeypatch.setattr(fresh.replicas[0], "model", _OOMAbove(fresh.replicas[0].model, limit=3))
     with pytest.raises(torch.OutOfMemoryError, match=r"single sequence of \d+ tokens; lower query_max_length"):
         fresh.encode_corpus(["a long enough passage"])
     monkeypatch.undo()

@@ -33,8 +33,8 @@ def double(tiny_dir: Path) -> ICLEmbedder:
 
 
 def test_two_replicas_are_two_models(single: ICLEmbedder, double: ICLEmbedder) -> None:
-    first, second = double._replicas
-    assert first is single._loaded  # the first replica is shared with the single-device embedder
+    first, second = double.replicas
+    assert first is single.replicas[0]  # the first replica is shared with the single-device embedder
     assert second is not first and second.model is not first.model
     assert double.devices == [first.device, second.device]
 
@@ -42,7 +42,7 @@ def test_two_replicas_are_two_models(single: ICLEmbedder, double: ICLEmbedder) -
 @pytest.fixture
 def slow_first_replica(double: ICLEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make replica 0 sleep 5 ms per batch, so replica 1 always gets batches (no reliance on thread timing)."""
-    model = double._replicas[0].model
+    model = double.replicas[0].model
     forward = model.forward
 
     def slow(*args: Any, **kwargs: Any) -> Any:
@@ -58,30 +58,31 @@ def test_results_equal_single_device_in_order_and_both_replicas_work(
     single: ICLEmbedder, double: ICLEmbedder, kind: str
 ) -> None:
     texts = TEXTS + (QUERIES if kind == "queries" else PASSAGES)
-    before = list(double.replica_rows)
+    before = double.stats.replica_rows
     if kind == "queries":
         expected, got = single.encode_queries(texts), double.encode_queries(texts)
     else:
         expected, got = single.encode_corpus(texts), double.encode_corpus(texts)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-5
-    done = [after - b for after, b in zip(double.replica_rows, before, strict=True)]
+    done = [after - b for after, b in zip(double.stats.replica_rows, before, strict=True)]
     assert sum(done) == len(texts)
     assert all(d > 0 for d in done), f"a replica did no work: {done}"
 
 
 def test_each_replica_keeps_its_own_prefix_cache(double: ICLEmbedder) -> None:
     double.encode_queries(TEXTS)
-    assert set(double._prefixes) == {0, 1}
-    assert double._prefixes[0] is not double._prefixes[1]
-    assert double._prefixes[0].ids == double._prefixes[1].ids
+    caches = double.prefix_caches
+    assert set(caches) == {0, 1} and double.stats.prefix_builds == 2
+    assert caches[0] is not caches[1]
+    assert caches[0].ids == caches[1].ids
 
 
 @pytest.mark.usefixtures("slow_first_replica")
 def test_failure_on_one_replica_surfaces_and_embedder_stays_usable(
     double: ICLEmbedder, single: ICLEmbedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    second = double._replicas[1].model
+    second = double.replicas[1].model
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("replica 1 failed")

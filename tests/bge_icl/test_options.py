@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bge_icl import ICLEmbedder
+from bge_icl import EmbedderOptions, ICLEmbedder
 from bge_icl.inputs import as_text_list
 from bge_icl.loading import resolve_devices, resolve_dtype
 
@@ -111,7 +110,8 @@ def test_tokenizer_without_eos_is_rejected(tiny_dir: Path, tmp_path: Path) -> No
 
 
 def test_trust_remote_code_is_off_by_default() -> None:
-    assert inspect.signature(ICLEmbedder).parameters["trust_remote_code"].default is False
+    assert EmbedderOptions.model_fields["trust_remote_code"].default is False
+    assert EmbedderOptions().trust_remote_code is False
 
 
 @pytest.mark.parametrize(

@@ -41,30 +41,30 @@ async def test_16_asyncio_tasks_match_serial_bit_for_bit(emb: ICLEmbedder) -> No
 
 def test_failed_forward_leaves_embedder_usable(emb: ICLEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = emb.encode_corpus(PASSAGES)
-    real_forward = emb._loaded.model.forward
+    real_forward = emb.replicas[0].model.forward
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom: simulated kernel failure")
 
-    monkeypatch.setattr(emb._loaded.model, "forward", broken)
+    monkeypatch.setattr(emb.replicas[0].model, "forward", broken)
     with pytest.raises(RuntimeError, match="boom"):
         emb.encode_corpus(PASSAGES)
-    monkeypatch.setattr(emb._loaded.model, "forward", real_forward)
+    monkeypatch.setattr(emb.replicas[0].model, "forward", real_forward)
     assert np.array_equal(emb.encode_corpus(PASSAGES), expected)
-    assert emb._loaded.lock.acquire(blocking=False)  # the lock was released
-    emb._loaded.lock.release()
+    assert emb.replicas[0].lock.acquire(blocking=False)  # the lock was released
+    emb.replicas[0].lock.release()
 
 
 def test_repeated_calls_do_not_grow_state(emb: ICLEmbedder) -> None:
     emb.encode_queries(QUERIES)
-    prefix = emb._prefix
+    prefix = emb.prefix_caches
     gc.collect()
     before = len(gc.get_objects())
     for _ in range(5):
         emb.encode_queries(QUERIES)
         emb.encode_corpus(PASSAGES)
     gc.collect()
-    assert emb._prefix is prefix
+    assert emb.prefix_caches[0] is prefix[0] and emb.stats.prefix_builds == 1
     assert len(gc.get_objects()) - before < 500
 
 

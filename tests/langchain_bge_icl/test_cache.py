@@ -50,7 +50,7 @@ class Counting:
 @pytest.fixture
 def fresh(core: ICLEmbedder) -> BgeIclEmbeddings:
     """An adapter with its own ICLEmbedder instance (same weights), safe to monkeypatch."""
-    return BgeIclEmbeddings.from_embedder(core.with_examples(core.options["examples_for_task"]))
+    return BgeIclEmbeddings.from_embedder(core.with_options())
 
 
 def keys(store: InMemoryByteStore) -> list[str]:
@@ -183,7 +183,7 @@ def test_namespaces_encode_the_settings(
     core: ICLEmbedder, change: dict[str, Any], query_changes: bool, passage_changes: bool
 ) -> None:
     passage, query = cache_namespaces(core)
-    changed_passage, changed_query = cache_namespaces(ICLEmbedder(**{**core.options, **change}))
+    changed_passage, changed_query = cache_namespaces(core.with_options(**change))
     assert (changed_query != query) is query_changes
     assert (changed_passage != passage) is passage_changes
 

@@ -205,7 +205,7 @@ def test_16_threads_match_serial_bit_for_bit(embeddings: BgeIclEmbeddings) -> No
         futures = [pool.submit(run, job) for job in jobs]
         threaded = [f.result(timeout=TIMEOUT) for f in futures]
     assert threaded == serial
-    assert lock_is_free(embeddings.embedder._loaded.lock)
+    assert lock_is_free(embeddings.embedder.replicas[0].lock)
 
 
 async def test_16_asyncio_tasks_match_serial_bit_for_bit(embeddings: BgeIclEmbeddings) -> None:
@@ -222,7 +222,7 @@ async def test_16_asyncio_tasks_match_serial_bit_for_bit(embeddings: BgeIclEmbed
 
 async def test_threads_and_tasks_on_two_adapters_sharing_one_model(embeddings: BgeIclEmbeddings) -> None:
     zero_shot = embeddings.with_examples(None)
-    assert zero_shot.embedder._loaded is embeddings.embedder._loaded
+    assert zero_shot.embedder.replicas[0] is embeddings.embedder.replicas[0]
     q = NOTEBOOK_QUERIES[0]
     expected = (embeddings.embed_query(q), zero_shot.embed_query(q), embeddings.embed_documents(NOTEBOOK_DOCUMENTS))
     with ThreadPoolExecutor(4) as pool:
@@ -242,17 +242,17 @@ async def test_failed_forward_mid_call_leaves_the_adapter_usable(
 ) -> None:
     emb = BgeIclEmbeddings(model=tiny_path, devices="cpu", batch_size=1, on_truncation="ignore")
     expected = emb.embed_documents(DOCS3)
-    fail = FailOnce(emb.embedder._loaded.model, nth=2)  # the second of three forward passes
+    fail = FailOnce(emb.embedder.replicas[0].model, nth=2)  # the second of three forward passes
     fail.install(monkeypatch)
     with pytest.raises(RuntimeError, match="boom"):
         emb.embed_documents(DOCS3)
-    assert lock_is_free(emb.embedder._loaded.lock)
+    assert lock_is_free(emb.embedder.replicas[0].lock)
     assert emb.embed_documents(DOCS3) == expected
 
     fail.calls, fail.nth = 0, 1
     with pytest.raises(RuntimeError, match="boom"):
         await asyncio.wait_for(emb.aembed_documents(NOTEBOOK_DOCUMENTS), timeout=TIMEOUT)
-    assert lock_is_free(emb.embedder._loaded.lock)
+    assert lock_is_free(emb.embedder.replicas[0].lock)
     assert await asyncio.wait_for(emb.aembed_documents(DOCS3), TIMEOUT) == expected
 
 
@@ -260,18 +260,18 @@ def test_failed_prefix_cache_build_is_retried(embeddings: BgeIclEmbeddings, monk
     q = NOTEBOOK_QUERIES[0]
     expected = embeddings.embed_query(q)
     fresh = embeddings.with_examples(NOTEBOOK_EXAMPLES)  # a new core embedder: its prefix cache is not built yet
-    FailOnce(fresh.embedder._loaded.model, nth=1).install(monkeypatch)  # the first forward is the prefix build
+    FailOnce(fresh.embedder.replicas[0].model, nth=1).install(monkeypatch)  # the first forward is the prefix build
     with pytest.raises(RuntimeError, match="boom"):
         fresh.embed_query(q)
     assert fresh.embed_query(q) == expected
-    assert fresh.embedder._prefix is not None
+    assert fresh.embedder.prefix_caches and fresh.embedder.stats.prefix_builds == 1
 
 
 async def test_a_cancelled_async_call_does_not_block_the_next(
     embeddings: BgeIclEmbeddings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     expected = embeddings.embed_query(NOTEBOOK_QUERIES[0])
-    model = embeddings.embedder._loaded.model
+    model = embeddings.embedder.replicas[0].model
     real, entered, release = model.forward, threading.Event(), threading.Event()
 
     @functools.wraps(real)
@@ -302,19 +302,19 @@ async def test_repeated_calls_do_not_grow_state(embeddings: BgeIclEmbeddings) ->
         await embeddings.aembed_documents(NOTEBOOK_DOCUMENTS)
 
     await round_trip()
-    prefix = embeddings.embedder._prefix
+    prefix = embeddings.embedder.prefix_caches[0]
     gc.collect()
     before = len(gc.get_objects())
     for _ in range(5):
         await round_trip()
     gc.collect()
-    assert embeddings.embedder._prefix is prefix  # one prefix cache per embedder, built once
+    assert embeddings.embedder.prefix_caches[0] is prefix  # one prefix cache per embedder, built once
     assert len(gc.get_objects()) - before < 500
 
 
 def test_the_last_adapter_gone_frees_the_weights(tiny_path: str, tmp_path: Any) -> None:
     emb = BgeIclEmbeddings(model=tiny_path, devices="cpu", cache_dir=str(tmp_path))  # its own registry entry
-    loaded = weakref.ref(emb.embedder._loaded)
+    loaded = weakref.ref(emb.embedder.replicas[0])
     emb.embed_documents(["x"])
     del emb
     gc.collect()
@@ -328,7 +328,7 @@ def test_the_last_adapter_gone_frees_the_weights(tiny_path: str, tmp_path: Any) 
     ("options", "message"),
     [
         ({"attn_implementation": "flash"}, "attn_implementation='flash' is not supported; valid: ('sdpa', 'eager', "),
-        ({"model": ""}, "model_name_or_path must be a non-empty str (hub id or local directory), got ''"),
+        ({"model": ""}, "model_name must be a non-empty str (hub id or local directory), got ''"),
         ({"max_batch_tokens": 0}, "max_batch_tokens must be a positive int, got 0"),
         ({"devices": []}, "devices=[] names no device"),
         ({"query_instruction_format": "{"}, "is not a valid format string"),

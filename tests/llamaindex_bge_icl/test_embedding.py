@@ -22,7 +22,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import ValidationError
 from llama_index.core.storage.kvstore import SimpleKVStore
 
-from bge_icl import ICLEmbedder
+from bge_icl import EmbedderOptions, ICLEmbedder
 from llamaindex_bge_icl import QUERY_CACHE_COLLECTION, BgeIclEmbedding
 from tests.conftest import NOTEBOOK_DOCUMENTS, NOTEBOOK_EXAMPLES, NOTEBOOK_QUERIES
 from tests.llamaindex_bge_icl.conftest import CORPUS
@@ -49,9 +49,10 @@ def test_is_a_base_embedding(emb: BgeIclEmbedding, options: dict[str, Any]) -> N
     assert BgeIclEmbedding.model_fields["model_name"].default == "BAAI/bge-en-icl"
     assert 1 <= emb.embed_batch_size <= 256
     assert emb.dimension == 64
-    own = set(BgeIclEmbedding.model_fields) - set(BaseEmbedding.model_fields) | {"model_name", "embed_batch_size"}
-    assert set(ICLEmbedder(**options).options) - {"model_name_or_path"} <= own
-    assert all(BgeIclEmbedding.model_fields[name].description for name in own)
+    assert set(EmbedderOptions.model_fields) <= set(BgeIclEmbedding.model_fields)
+    for name, field in EmbedderOptions.model_fields.items():  # inherited, not declared again
+        assert BgeIclEmbedding.model_fields[name].description == field.description
+    assert BgeIclEmbedding.framework_fields() == sorted(set(BaseEmbedding.model_fields) - {"model_name"})
 
 
 def test_vectors_match_the_core(emb: BgeIclEmbedding, core: ICLEmbedder) -> None:
@@ -84,7 +85,7 @@ def test_options_and_errors(fields: dict[str, Any]) -> None:
         BgeIclEmbedding(**fields, batch_size=0)
     with pytest.raises(ValidationError, match="query_max_length"):
         BgeIclEmbedding(**{**fields, "query_max_length": -1})
-    with pytest.raises(ValidationError, match=r"'sdpa', 'eager' or 'flash_attention_2'"):
+    with pytest.raises(ValidationError, match=re.escape("valid: ('sdpa', 'eager', 'flash_attention_2')")):
         BgeIclEmbedding(**fields, attn_implementation="flash")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"dtype='int8' is not supported; valid: 'auto'"):
         BgeIclEmbedding(**fields, dtype="int8")
@@ -99,7 +100,7 @@ def test_to_dict_from_dict_round_trip(fields: dict[str, Any]) -> None:
     assert data["examples_for_task"] == NOTEBOOK_EXAMPLES and data["embed_batch_size"] == 8
     restored = BgeIclEmbedding.from_dict(json.loads(json.dumps(data)))
     assert restored.to_dict() == data
-    assert restored.embedder._loaded is emb.embedder._loaded
+    assert restored.embedder.replicas[0] is emb.embedder.replicas[0]
     np.testing.assert_allclose(restored.get_query_embedding("q"), emb.get_query_embedding("q"), atol=1e-6)
     assert BgeIclEmbedding.from_json(emb.to_json()).to_dict() == data
 
@@ -109,30 +110,32 @@ def test_pickle_keeps_configuration_not_weights(emb: BgeIclEmbedding) -> None:
     assert len(blob) < 50_000  # the tiny model's weights alone are ~8 MB
     restored = pickle.loads(blob)
     assert restored.to_dict() == emb.to_dict()
-    assert restored.embedder._loaded is emb.embedder._loaded
+    assert restored.embedder.replicas[0] is emb.embedder.replicas[0]
     assert emb.get_text_embedding("still works") == restored.get_text_embedding("still works")
 
 
 def test_with_examples_shares_weights(emb: BgeIclEmbedding) -> None:
     other = emb.with_examples(OTHER_EXAMPLES)
     assert isinstance(other, BgeIclEmbedding)
-    assert other.embedder._loaded is emb.embedder._loaded
-    assert other.examples_for_task == OTHER_EXAMPLES and emb.examples_for_task == NOTEBOOK_EXAMPLES
+    assert other.embedder.replicas[0] is emb.embedder.replicas[0]
+    assert list(other.examples_for_task or ()) == OTHER_EXAMPLES
+    assert list(emb.examples_for_task or ()) == NOTEBOOK_EXAMPLES
     q = NOTEBOOK_QUERIES[0]
     assert not np.allclose(other.get_query_embedding(q), emb.get_query_embedding(q), atol=1e-3)
     np.testing.assert_allclose(other.get_text_embedding(q), emb.get_text_embedding(q), atol=1e-6)
     zero_shot = emb.with_examples(None)
-    assert zero_shot.embedder.prefix == "" and zero_shot.embedder._loaded is emb.embedder._loaded
+    assert zero_shot.embedder.prefix == "" and zero_shot.embedder.replicas[0] is emb.embedder.replicas[0]
 
 
 def test_from_embedder_shares_weights(core: ICLEmbedder) -> None:
     emb = BgeIclEmbedding.from_embedder(core, embed_batch_size=16)
     assert emb.embedder is core
     assert emb.embed_batch_size == 16
-    assert emb.model_name == core.options["model_name_or_path"]
+    assert emb.model_name == core.options.model_name == core.model_name_or_path
     np.testing.assert_allclose(emb.get_query_embedding("q"), core.encode_queries(["q"])[0], atol=1e-6)
-    assert BgeIclEmbedding.from_dict(emb.to_dict()).embedder._loaded is core._loaded
-    with pytest.raises(ValueError, match=r"got \['examples_for_task'\]; valid keyword arguments: .*'embed_batch_size'"):
+    assert BgeIclEmbedding.from_dict(emb.to_dict()).embedder.replicas[0] is core.replicas[0]
+    hint = r"got \['examples_for_task'\]; use embedder.with_options\(...\) first, .*'embed_batch_size'"
+    with pytest.raises(TypeError, match=hint):
         BgeIclEmbedding.from_embedder(core, examples_for_task=None)
 
 
@@ -234,7 +237,7 @@ def test_shares_one_model_with_the_langchain_adapter(emb: BgeIclEmbedding, field
     # Built independently, the two adapters still get the same weights from the core registry.
     lc_fields = {k: v for k, v in fields.items() if k != "model_name"}
     separate = langchain_bge_icl.BgeIclEmbeddings(model=fields["model_name"], **lc_fields)
-    assert separate.embedder._loaded is emb.embedder._loaded
+    assert separate.embedder.replicas[0] is emb.embedder.replicas[0]
     q = NOTEBOOK_QUERIES[0]
     np.testing.assert_allclose(separate.embed_query(q), emb.get_query_embedding(q), atol=1e-6)
     np.testing.assert_allclose(separate.embed_documents([q])[0], emb.get_text_embedding(q), atol=1e-6)

@@ -263,7 +263,7 @@ def test_16_threads_match_serial_bit_for_bit(chunked: BgeIclEmbedding) -> None:
         futures = [pool.submit(run, job) for job in jobs]
         threaded = [f.result(timeout=TIMEOUT) for f in futures]
     assert threaded == serial
-    assert lock_is_free(chunked.embedder._loaded.lock)
+    assert lock_is_free(chunked.embedder.replicas[0].lock)
 
 
 async def test_16_asyncio_tasks_match_serial_bit_for_bit(chunked: BgeIclEmbedding) -> None:
@@ -302,17 +302,17 @@ async def test_failed_forward_mid_call_leaves_the_adapter_usable(
     emb = BgeIclEmbedding(**fields, batch_size=1, embed_batch_size=3)
     texts = [*NOTEBOOK_DOCUMENTS, "third"]
     expected = emb.get_text_embedding_batch(texts)
-    fail = FailOnce(emb.embedder._loaded.model, nth=2)  # the second of three forward passes
+    fail = FailOnce(emb.embedder.replicas[0].model, nth=2)  # the second of three forward passes
     fail.install(monkeypatch)
     with pytest.raises(RuntimeError, match="boom"):
         emb.get_text_embedding_batch(texts)
-    assert lock_is_free(emb.embedder._loaded.lock)
+    assert lock_is_free(emb.embedder.replicas[0].lock)
     assert emb.get_text_embedding_batch(texts) == expected
 
     fail.calls, fail.nth = 0, 1
     with pytest.raises(RuntimeError, match="boom"):
         await asyncio.wait_for(emb.aget_text_embedding_batch(texts), timeout=TIMEOUT)
-    assert lock_is_free(emb.embedder._loaded.lock)
+    assert lock_is_free(emb.embedder.replicas[0].lock)
     assert await asyncio.wait_for(emb.aget_text_embedding_batch(texts), TIMEOUT) == expected
 
 
@@ -320,17 +320,17 @@ async def test_failed_prefix_cache_build_is_retried(emb: BgeIclEmbedding, monkey
     q = NOTEBOOK_QUERIES[0]
     expected = emb.get_query_embedding(q)
     fresh = emb.with_examples(NOTEBOOK_EXAMPLES)  # a new core embedder: its prefix cache is not built yet
-    FailOnce(fresh.embedder._loaded.model, nth=1).install(monkeypatch)  # the first forward is the prefix build
+    FailOnce(fresh.embedder.replicas[0].model, nth=1).install(monkeypatch)  # the first forward is the prefix build
     with pytest.raises(RuntimeError, match="boom"):
         await fresh.aget_query_embedding(q)
     assert fresh.get_query_embedding(q) == expected
-    assert fresh.embedder._prefix is not None
+    assert fresh.embedder.prefix_caches and fresh.embedder.stats.prefix_builds == 1
 
 
 def test_failed_forward_with_a_cache_stores_nothing(fields: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     cache = SimpleKVStore()
     emb = BgeIclEmbedding(**fields, embeddings_cache=cache)
-    FailOnce(emb.embedder._loaded.model, nth=1).install(monkeypatch)
+    FailOnce(emb.embedder.replicas[0].model, nth=1).install(monkeypatch)
     with pytest.raises(RuntimeError, match="boom"):
         emb.get_text_embedding_batch(["never stored"])
     assert cache.get_all(collection="embeddings") == {}
@@ -344,7 +344,7 @@ async def test_a_cancelled_async_call_does_not_block_the_next(
     chunked: BgeIclEmbedding, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     expected = chunked.get_query_embedding(NOTEBOOK_QUERIES[0])
-    model = chunked.embedder._loaded.model
+    model = chunked.embedder.replicas[0].model
     real, entered, release = model.forward, threading.Event(), threading.Event()
 
     @functools.wraps(real)
@@ -375,11 +375,11 @@ async def test_repeated_calls_do_not_grow_state(chunked: BgeIclEmbedding) -> Non
         await chunked.aget_text_embedding_batch([*NOTEBOOK_DOCUMENTS, "third"])
 
     await round_trip()
-    prefix = chunked.embedder._prefix
+    prefix = chunked.embedder.prefix_caches[0]
     gc.collect()
     before = len(gc.get_objects())
     for _ in range(5):
         await round_trip()
     gc.collect()
-    assert chunked.embedder._prefix is prefix  # one prefix cache per embedder, built once
+    assert chunked.embedder.prefix_caches[0] is prefix  # one prefix cache per embedder, built once
     assert len(gc.get_objects()) - before < 500

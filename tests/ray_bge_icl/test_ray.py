@@ -13,7 +13,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 from bge_icl import ICLEmbedder  # noqa: E402
-from bge_icl.ray import embed_dataset  # noqa: E402
+from ray_bge_icl import embed_dataset  # noqa: E402
 from tests.bge_icl.cases import WEB  # noqa: E402
 from tests.conftest import NOTEBOOK_EXAMPLES  # noqa: E402
 
@@ -57,5 +57,5 @@ def test_bad_arguments_fail_on_the_driver(local_ray: None, tiny_dir: Path) -> No
         embed_dataset(ds, model_name_or_path=str(tiny_dir), num_gpus=0)
     with pytest.raises(ValueError, match=re.escape("kind='passage' is not supported; valid: ('corpus', 'query')")):
         embed_dataset(ds, column="body", kind="passage", num_gpus=0)
-    with pytest.raises(ValueError, match=re.escape("unknown ICLEmbedder option(s) ['model']")):
-        embed_dataset(ds, column="body", model="x", num_gpus=0)
+    with pytest.raises(TypeError, match=re.escape("unknown option 'device' (did you mean devices?); valid options:")):
+        embed_dataset(ds, column="body", device="cpu", num_gpus=0)

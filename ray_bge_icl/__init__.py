@@ -12,17 +12,17 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import numpy as np
 
 from bge_icl.encoder import ICLEmbedder
+from bge_icl.options import EmbedderOptions
 
 try:
     import ray.data
 except ImportError as e:  # pragma: no cover - exercised only without ray
-    msg = "bge_icl.ray needs Ray Data; install it with: pip install 'bge-icl[ray]'"
+    msg = "ray_bge_icl needs Ray Data; install it with: pip install 'bge-icl[ray]'"
     raise ImportError(msg) from e
 
 KINDS = ("corpus", "query")
@@ -33,7 +33,7 @@ class _EmbedBatch:
 
     def __init__(self, column: str, kind: str, output_column: str, embedder_options: dict[str, Any]) -> None:
         self.column, self.output_column = column, output_column
-        self.embedder = ICLEmbedder(**{"show_progress": False, **embedder_options})
+        self.embedder = ICLEmbedder.from_options(EmbedderOptions(**{"show_progress": False, **embedder_options}))
         self.encode = self.embedder.encode_queries if kind == "query" else self.embedder.encode_corpus
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -62,23 +62,20 @@ def embed_dataset(
         concurrency: Number of actors, each holding one model.
         num_gpus: GPUs per actor (0 for CPU actors).
         batch_size: Rows per Ray batch (the embedder batches inside it by its token budget).
-        **embedder_options: :class:`~bge_icl.ICLEmbedder` arguments, e.g. ``model_name_or_path``,
+        **embedder_options: :class:`~bge_icl.options.EmbedderOptions`, e.g. ``model_name``,
             ``examples_for_task``, ``query_instruction_for_retrieval``, ``dtype``.
 
     Returns:
         A lazy Ray ``Dataset``.
 
     Raises:
-        ValueError: Unknown ``kind``, a missing column, or an unknown embedder option.
+        ValueError: Unknown ``kind``, a missing column, or a bad option value.
+        TypeError: An unknown option (the message lists the valid ones).
     """
     if kind not in KINDS:
         msg = f"kind={kind!r} is not supported; valid: {KINDS}"
         raise ValueError(msg)
-    valid = set(inspect.signature(ICLEmbedder).parameters)
-    unknown = sorted(set(embedder_options) - valid)
-    if unknown:
-        msg = f"unknown ICLEmbedder option(s) {unknown}; valid: {sorted(valid)}"
-        raise ValueError(msg)
+    EmbedderOptions(**embedder_options)  # unknown names and bad values fail here, not in every actor
     names = ds.schema().names
     if column not in names:
         msg = f"column={column!r} is not in the dataset; its columns are {names}"

@@ -1,4 +1,4 @@
-"""``bge-icl``: the command line (``bge-icl demo | embed | search``, also ``python -m bge_icl``).
+"""``bge-icl``: the command line (``bge-icl demo | embed | search``, also ``python -m bge_icl_cli``).
 
 Exit codes: 0 success; 1 bad input or usage (missing file, bad JSON, unknown option or example set, a
 missing optional dependency); 2 the model cannot be loaded; 130 interrupted. Usage and input errors are one

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
-from bge_icl.cli import bundled_example_sets, load_examples, main, sample_corpus
 from bge_icl.quickstart import DOCUMENTS, EXAMPLES, QUERIES
+from bge_icl_cli.cli import bundled_example_sets, load_examples, main, sample_corpus
 
 CPU = ["--devices", "cpu"]
 
@@ -342,12 +342,12 @@ def test_demo_model_missing_exits_2(capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 2 and "--model PATH" in err
 
 
-def test_python_m_bge_icl_demo(tiny_dir: Path) -> None:
+def test_python_m_bge_icl_cli_demo(tiny_dir: Path) -> None:
     pytest.importorskip("langchain_core")
     pytest.importorskip("llama_index.core")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
-        [sys.executable, "-m", "bge_icl", "demo", "--model", str(tiny_dir), "--devices", "cpu"],
+        [sys.executable, "-m", "bge_icl_cli", "demo", "--model", str(tiny_dir), "--devices", "cpu"],
         capture_output=True,
         text=True,
         env=env,
@@ -360,7 +360,7 @@ def test_python_m_bge_icl_demo(tiny_dir: Path) -> None:
 
 def test_core_and_cli_do_not_import_adapters() -> None:
     code = (
-        "import sys, bge_icl, bge_icl.cli\n"
+        "import sys, bge_icl, bge_icl_cli.cli\n"
         "bad = sorted(m for m in sys.modules if m.startswith(('langchain', 'llama')))\n"
         "assert not bad, bad\n"
     )

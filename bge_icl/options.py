@@ -1,0 +1,337 @@
+"""``EmbedderOptions``: every option of bge-icl, declared once, with its type, default, constraint and doc.
+
+:class:`~bge_icl.ICLEmbedder` takes these options; the LangChain and LlamaIndex adapters inherit them
+(through :class:`bge_icl.adapter.EmbedderModel`), so the three front doors accept and reject the same
+names and values. Options are fixed once set: assigning one raises :class:`FrozenOptionError`, which
+names the ways to get another configuration (``with_options(...)``, ``with_examples(...)``).
+
+Accepted spellings are normalized when validated: a tuple or list of examples becomes a tuple of dicts,
+numpy integers become ``int``, a ``torch.dtype`` becomes its name (``"float16"``), ``"fp16"`` becomes
+``"float16"``, a ``torch.device`` becomes its string, a list of devices a tuple, paths ``str``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from bge_icl.loading import DTYPES, resolve_attention, resolve_dtype
+from bge_icl.prompts import (
+    DEFAULT_EXAMPLES_INSTRUCTION_FORMAT,
+    DEFAULT_QUERY_INSTRUCTION_FORMAT,
+    DEFAULT_SUFFIX,
+    validate_examples,
+    validate_template,
+)
+from bge_icl.truncation import OnTruncation, check_mode
+
+DEFAULT_MODEL = "BAAI/bge-en-icl"
+MODEL_ALIASES = ("model_name", "model_name_or_path", "model")
+"""The names the model option answers to: LangChain/LlamaIndex/Hugging Face (``model_name``), FlagEmbedding
+(``model_name_or_path``) and ``HuggingFaceEmbeddings(model=...)``."""
+
+NEAR_MISSES: dict[str, str] = {
+    "device": "devices",
+    "max_length": "passage_max_length or query_max_length",
+    "max_seq_length": "passage_max_length or query_max_length",
+    "instruction": "query_instruction_for_retrieval",
+    "query_instruction": "query_instruction_for_retrieval",
+    "examples": "examples_for_task",
+    "normalize": "normalize_embeddings",
+    "torch_dtype": "dtype",
+    "model_id": "model_name",
+    "model_path": "model_name",
+    "cache_folder": "cache_dir",
+    "model_kwargs": "devices=, dtype=, attn_implementation=, trust_remote_code=, revision= (options of their own)",
+    "encode_kwargs": "normalize_embeddings=, batch_size= (options of their own)",
+    "query_encode_kwargs": "query_instruction_for_retrieval=, examples_for_task= (options of their own)",
+}
+
+
+class FrozenOptionError(AttributeError):
+    """An option was assigned after construction: the vectors were made with the old value."""
+
+
+def _index(value: Any) -> int | None:
+    """``value`` as an int when it is an integer (numpy ones included) and not a bool, else None."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def _device_entry(entry: Any) -> str | int:
+    if isinstance(entry, torch.device):
+        return str(entry)
+    if isinstance(entry, str):
+        return entry
+    index = _index(entry)
+    if index is None:
+        kind = type(entry).__name__
+        msg = f"devices entry {entry!r} is {kind}; expected a str like 'cpu'/'cuda:0' or an int GPU index"
+        raise TypeError(msg)
+    return index
+
+
+class EmbedderOptions(BaseModel):
+    """The options of a bge-en-icl embedder. Validated on construction, fixed afterwards.
+
+    Example:
+        >>> opts = EmbedderOptions(model_name="BAAI/bge-en-icl", query_max_length=256, dtype=torch.float16)
+        >>> opts.dtype, opts.query_max_length
+        ('float16', 256)
+        >>> EmbedderOptions(device="cpu")
+        Traceback (most recent call last):
+        ...
+        TypeError: unknown option 'device' (did you mean devices?); valid options: ...
+    """
+
+    model_config = ConfigDict(
+        use_attribute_docstrings=True,
+        populate_by_name=True,
+        protected_namespaces=(),
+        arbitrary_types_allowed=True,
+        validate_default=False,
+    )
+    OPTION_NAMES: ClassVar[tuple[str, ...]]
+
+    model_name: str = Field(default=DEFAULT_MODEL, validation_alias=AliasChoices(*MODEL_ALIASES))
+    """Hub id or local directory, loaded with ``from_pretrained`` (also ``model_name_or_path=`` or ``model=``)."""
+    examples_for_task: tuple[dict[str, str], ...] | None = None
+    """Few-shot examples put before every query, each ``{"instruct"?, "query", "response"}``; None = zero-shot."""
+    query_instruction_for_retrieval: str | None = None
+    """The task instruction put before each query (and examples without ``instruct``); None = the query as is."""
+    query_instruction_format: str = DEFAULT_QUERY_INSTRUCTION_FORMAT
+    """Query template with two ``{}``: instruction, query (a literal ``\\n`` means a newline)."""
+    examples_instruction_format: str = DEFAULT_EXAMPLES_INSTRUCTION_FORMAT
+    """Example template with three ``{}``: instruction, query, response."""
+    suffix: str = DEFAULT_SUFFIX
+    """Appended after each query, before EOS."""
+    query_max_length: int = 512
+    """Token limit for a query, not counting the examples prefix (FlagEmbedding's meaning); > 0."""
+    passage_max_length: int = 512
+    """Token limit for a passage, special tokens included; > 0."""
+    normalize_embeddings: bool = True
+    """L2-normalize the vectors (in float32), so inner product is cosine similarity."""
+    devices: str | int | tuple[str | int, ...] | None = None
+    """None = first CUDA GPU else CPU; ``0`` = ``cuda:0``; ``"cpu"``, ``"cuda:1"``; a list = one replica per
+    entry, fed from one batch queue; ``"auto"`` = every visible GPU (the CPU when there is none)."""
+    dtype: str = "auto"
+    """``"auto"`` (float16 on GPU, float32 on CPU), ``"float16"``, ``"bfloat16"``, ``"float32"``, or a torch.dtype."""
+    batch_size: int = 32
+    """Most texts per forward pass; > 0."""
+    max_batch_tokens: int | None = None
+    """Most padded tokens per forward pass; None = 65,536 on GPU, 16,384 on CPU; > 0."""
+    attn_implementation: str | None = None
+    """``"sdpa"``, ``"eager"`` or ``"flash_attention_2"``; None = flash-attn 2 on GPU when installed, else sdpa."""
+    prefix_cache: bool = True
+    """Run the constant few-shot prefix once and reuse its keys/values for every query (same vectors, less compute)."""
+    on_truncation: OnTruncation = "warn"
+    """Texts longer than their max length: ``"warn"`` (one warning per call), ``"error"`` or ``"ignore"``."""
+    show_progress: bool | None = None
+    """Show a progress bar (model loading included); None = only when a call needs more than one batch."""
+    trust_remote_code: bool = False
+    """Passed to ``from_pretrained``. Off by default."""
+    cache_dir: str | None = None
+    """Hugging Face cache directory, passed to ``from_pretrained``."""
+    revision: str | None = None
+    """Model revision (branch, tag or commit), passed to ``from_pretrained``."""
+    use_fp16: bool | None = None
+    """FlagEmbedding compatibility: False means float32. Used only when ``dtype="auto"``."""
+    use_bf16: bool | None = None
+    """FlagEmbedding compatibility: True means bfloat16 on GPU. Used only when ``dtype="auto"``."""
+
+    # -- unknown names ---------------------------------------------------------------------------
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_names(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            check_names(cls, data)
+        return data
+
+    # -- values -----------------------------------------------------------------------------------
+
+    @field_validator("model_name", mode="before")
+    @classmethod
+    def _model_name(cls, value: Any) -> str:
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value
+        if not isinstance(value, str) or not value:
+            msg = f"model_name must be a non-empty str (hub id or local directory), got {value!r}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("examples_for_task", mode="before")
+    @classmethod
+    def _examples(cls, value: Any) -> tuple[dict[str, str], ...] | None:
+        if value is None:
+            return None
+        validate_examples(value, default_instruct="")  # shape and types; the instruction is checked below
+        return tuple(dict(example) for example in value)
+
+    @field_validator("query_instruction_for_retrieval", "suffix", "cache_dir", "revision", mode="before")
+    @classmethod
+    def _text(cls, value: Any, info: ValidationInfo) -> str | None:
+        value = os.fspath(value) if info.field_name == "cache_dir" and isinstance(value, os.PathLike) else value
+        if value is None and info.field_name != "suffix":
+            return None
+        if not isinstance(value, str):
+            nullable = "" if info.field_name == "suffix" else " or None"
+            msg = f"{info.field_name} must be a str{nullable}, got {type(value).__name__}"
+            raise TypeError(msg)
+        return value
+
+    @field_validator("query_instruction_format", "examples_instruction_format", mode="before")
+    @classmethod
+    def _template(cls, value: Any, info: ValidationInfo) -> str:
+        slots = 2 if info.field_name == "query_instruction_format" else 3
+        return validate_template(str(info.field_name), value, slots)
+
+    @field_validator("query_max_length", "passage_max_length", "batch_size", "max_batch_tokens", mode="before")
+    @classmethod
+    def _positive(cls, value: Any, info: ValidationInfo) -> int | None:
+        if value is None and info.field_name == "max_batch_tokens":
+            return None
+        index = _index(value)
+        if index is None or index <= 0:
+            msg = f"{info.field_name} must be a positive int, got {value!r}"
+            raise ValueError(msg)
+        return index
+
+    @field_validator(
+        "normalize_embeddings",
+        "prefix_cache",
+        "trust_remote_code",
+        "show_progress",
+        "use_fp16",
+        "use_bf16",
+        mode="before",
+    )
+    @classmethod
+    def _flag(cls, value: Any, info: ValidationInfo) -> bool | None:
+        nullable = info.field_name in ("show_progress", "use_fp16", "use_bf16")
+        if value is None and nullable:
+            return None
+        if not isinstance(value, (bool, np.bool_)):
+            msg = f"{info.field_name} must be a bool{' or None' if nullable else ''}, got {value!r}"
+            raise TypeError(msg)
+        return bool(value)
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value: Any) -> str | int | tuple[str | int, ...] | None:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, (bool, np.bool_)):
+            msg = f"devices={value!r} is not a device; use a str like 'cpu' or 'cuda:0', an int GPU index, or a list"
+            raise TypeError(msg)
+        if isinstance(value, (list, tuple)):
+            if not value:
+                msg = "devices=[] names no device; use None (auto), 'cpu', 'cuda:0', 0, or a list of them"
+                raise ValueError(msg)
+            return tuple(_device_entry(entry) for entry in value)
+        return _device_entry(value)
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, value: Any) -> str:
+        if value == "auto":
+            return "auto"
+        resolved = resolve_dtype(value, "cpu")  # raises with the valid names
+        return next(name for name, dtype in DTYPES.items() if dtype == resolved)  # the canonical name
+
+    @field_validator("attn_implementation", mode="before")
+    @classmethod
+    def _attention(cls, value: Any) -> str | None:
+        return None if value is None else resolve_attention(value, "cpu")  # raises with the valid names
+
+    @field_validator("on_truncation", mode="before")
+    @classmethod
+    def _on_truncation(cls, value: Any) -> OnTruncation:
+        return check_mode(value)
+
+    @field_serializer("examples_for_task", "devices")
+    def _as_lists(self, value: Any) -> Any:
+        # Dumps (to_dict, JSON) hold lists, as users write them; validation turns them into tuples again.
+        return [dict(v) if isinstance(v, Mapping) else v for v in value] if isinstance(value, tuple) else value
+
+    @model_validator(mode="after")
+    def _examples_have_an_instruction(self) -> EmbedderOptions:
+        validate_examples(self.examples_for_task, self.query_instruction_for_retrieval)
+        return self
+
+    # -- fixed after construction --------------------------------------------------------------------
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in EmbedderOptions.OPTION_NAMES:
+            raise FrozenOptionError(frozen_message(name))
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in EmbedderOptions.OPTION_NAMES:
+            raise FrozenOptionError(frozen_message(name))
+        super().__delattr__(name)
+
+    def option_values(self) -> dict[str, Any]:
+        """The options only (no framework fields of a subclass), by name."""
+        return {name: getattr(self, name) for name in EmbedderOptions.OPTION_NAMES}
+
+    def options(self) -> EmbedderOptions:
+        """The options as a plain :class:`EmbedderOptions` (for a subclass: without its framework fields)."""
+        if type(self) is EmbedderOptions:
+            return self
+        return EmbedderOptions.model_construct(**self.option_values())
+
+    def replace(self, **changes: Any) -> EmbedderOptions:
+        """New, validated options: these with ``changes`` applied.
+
+        Raises:
+            TypeError: A name is not an option, or a value has the wrong type.
+            ValueError: A value is out of range.
+        """
+        base = self.option_values()
+        if set(changes) & set(MODEL_ALIASES):
+            del base["model_name"]  # else the old model_name would win over a new model_name_or_path / model
+        return EmbedderOptions(**{**base, **changes})
+
+
+EmbedderOptions.OPTION_NAMES = tuple(EmbedderOptions.model_fields)
+
+
+def frozen_message(name: str) -> str:
+    """Why an option cannot be assigned, and what to do instead."""
+    hint = "with_examples(...) or " if name == "examples_for_task" else ""
+    return (
+        f"option {name!r} is fixed once the embedder is built (its vectors were made with it); for another value "
+        f"use {hint}.with_options({name}=...), a new instance that shares the loaded weights"
+    )
+
+
+def check_names(model: type[BaseModel], data: Mapping[str, Any]) -> None:
+    """Raise TypeError for keys of ``data`` that are not fields (or aliases) of ``model``, with hints."""
+    valid = set(model.model_fields) | set(MODEL_ALIASES)
+    unknown = sorted(str(key) for key in data if key not in valid)
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        guess = NEAR_MISSES.get(name) or ", ".join(difflib.get_close_matches(name, sorted(valid), n=2, cutoff=0.75))
+        hints.append(f"{name!r} (did you mean {guess}?)" if guess else repr(name))
+    what = "option" if len(unknown) == 1 else "options"
+    msg = f"unknown {what} {', '.join(hints)}; valid options: {', '.join(sorted(model.model_fields))}"
+    raise TypeError(msg)
