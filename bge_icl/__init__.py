@@ -9,10 +9,30 @@ Example:
 
 from __future__ import annotations
 
-from bge_icl.encoder import ICLEmbedder, Stats
-from bge_icl.options import EmbedderOptions, FrozenOptionError
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample
 from bge_icl.truncation import TruncationError, TruncationWarning
+
+if TYPE_CHECKING:
+    from bge_icl.encoder import ICLEmbedder, Stats
+    from bge_icl.options import EmbedderOptions, FrozenOptionError
+
+# Loaded on first use, so that ``import bge_icl`` (and ``bge-icl --help``) does not import torch.
+_LAZY = {
+    "ICLEmbedder": "bge_icl.encoder",
+    "Stats": "bge_icl.encoder",
+    "EmbedderOptions": "bge_icl.options",
+    "FrozenOptionError": "bge_icl.options",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    msg = f"module 'bge_icl' has no attribute {name!r}"
+    raise AttributeError(msg)
 
 __all__ = [
     "WEB_SEARCH_INSTRUCTION",

@@ -39,6 +39,7 @@ class EmbedderModel(EmbedderOptions):
         super().model_post_init(context)
         given = context.get(_EMBEDDER) if isinstance(context, Mapping) else None
         self._embedder = given if given is not None else ICLEmbedder.from_options(self)
+        self._embedder._backs_adapter = True  # its set_examples() would leave these fields stale: it refuses
 
     @classmethod
     def framework_fields(cls) -> list[str]:

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,33 +22,32 @@ from tqdm.auto import tqdm
 from typing_extensions import Unpack
 
 from bge_icl.batching import Batch, BatchQueue
+from bge_icl.flag_compat import FlagICLCompat
 from bge_icl.forward import embed_batch
 from bge_icl.inputs import as_text_list
 from bge_icl.loading import LoadedModel, load_replicas
-from bge_icl.options import MODEL_ALIASES, EmbedderOptions, FrozenOptionError, frozen_message
+from bge_icl.options import (
+    MODEL_ALIASES,
+    CallOptions,
+    EmbedderOptions,
+    FrozenOptionError,
+    flag,
+    frozen_message,
+    positive_int,
+)
 from bge_icl.prefix_cache import PrefixCache, SharedPrefix, attention_window
 from bge_icl.prompts import ICLExample, build_prefix, format_query, validate_examples
 from bge_icl.replicas import ReplicaPool
-from bge_icl.tokenization import Tokenized
-from bge_icl.truncation import OnTruncation, TruncationError, TruncationWarning, check_mode, report_truncation
+from bge_icl.tokenization import QueryPlan, Tokenized
+from bge_icl.truncation import TruncationError, TruncationWarning, check_mode, report_truncation
 
-__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "ICLEmbedder", "Stats", "TruncationError", "TruncationWarning"]
+__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "CallOptions", "ICLEmbedder", "Stats", "TruncationError", "TruncationWarning"]
 
 Kind = Literal["queries", "passages"]
+Texts = str | Iterable[str]
+Vectors = np.ndarray | torch.Tensor
 KINDS: tuple[Kind, ...] = ("queries", "passages")
 DEFAULT_MAX_BATCH_TOKENS = {"cuda": 65536, "cpu": 16384}
-
-
-class CallOptions(TypedDict, total=False):
-    """Per-call overrides of ``encode_queries`` / ``encode_corpus``.
-
-    Attributes:
-        show_progress: Override the embedder's ``show_progress`` for this call.
-        on_truncation: Override the embedder's ``on_truncation`` for this call.
-    """
-
-    show_progress: bool | None
-    on_truncation: OnTruncation | None
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class Stats:
     replica_rows: tuple[int, ...]
 
 
-class ICLEmbedder:
+class ICLEmbedder(FlagICLCompat):
     """bge-en-icl embeddings: few-shot (in-context) queries, plain passages, EOS pooling.
 
     Behaves like FlagEmbedding 1.4.2's ``FlagICLModel`` (same prompts, same truncation, same
@@ -77,6 +76,8 @@ class ICLEmbedder:
     length-sorted token-budget batching and out-of-memory backoff. The options (see
     :class:`~bge_icl.options.EmbedderOptions` for each one's type, default and meaning) are fixed
     once built; :meth:`with_options` makes another embedder that shares the loaded weights.
+    FlagEmbedding's public methods work too (:class:`~bge_icl.flag_compat.FlagICLCompat`), so
+    ``from bge_icl import ICLEmbedder as FlagICLModel`` runs existing code.
 
     Args:
         model_name_or_path: Hub id or local directory (also ``model_name=`` or ``model=``).
@@ -112,6 +113,7 @@ class ICLEmbedder:
 
     def _setup(self, options: EmbedderOptions) -> None:
         o = self._options = options
+        self._initial_examples, self._backs_adapter = o.examples_for_task, False
         self._examples = validate_examples(o.examples_for_task, o.query_instruction_for_retrieval)
         self._prefix_text = build_prefix(self._examples, o.examples_instruction_format)
         self._pool = ReplicaPool(
@@ -129,21 +131,13 @@ class ICLEmbedder:
             )
         )
         first = self._pool.replicas[0]
+        if o.truncate_dim is not None and o.truncate_dim > first.hidden_size:
+            msg = f"truncate_dim={o.truncate_dim} exceeds the model's dimension {first.hidden_size}"
+            raise ValueError(msg)
         self._budget = o.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS.get(first.device.type, 65536)
         tok = first.tokenizer
-        self._plan = tok.query_plan(self._prefix_text, o.suffix, o.query_max_length)
-        if self._plan.query_budget <= 0:
-            msg = (
-                f"query_max_length={o.query_max_length} leaves no room for the query: BOS, the suffix "
-                f"{o.suffix!r} and EOS take {o.query_max_length - self._plan.query_budget} tokens"
-            )
-            raise ValueError(msg)
-        if o.passage_max_length <= tok.n_special:
-            msg = (
-                f"passage_max_length={o.passage_max_length} leaves no room for text next to "
-                f"{tok.n_special} special tokens"
-            )
-            raise ValueError(msg)
+        self._plan = self._query_plan(o.query_max_length, "query_max_length")
+        self._passage_limit(o.passage_max_length, "passage_max_length")
         special = set(tok.tokenizer.all_special_ids) - set(tok.head)
         probe = self.tokenize_queries(["a", "1"]).ids
         self._shared = SharedPrefix(lambda: (probe[0], probe[1]), tok.head, special, o.prefix_cache)
@@ -188,8 +182,8 @@ class ICLEmbedder:
 
     @property
     def dimension(self) -> int:
-        """Size of each embedding (the model's hidden size; 4096 for bge-en-icl)."""
-        return self._pool.replicas[0].hidden_size
+        """Size of each embedding (the model's hidden size, 4096 for bge-en-icl, or ``truncate_dim``)."""
+        return self._options.truncate_dim or self._pool.replicas[0].hidden_size
 
     @property
     def device(self) -> torch.device:
@@ -279,23 +273,26 @@ class ICLEmbedder:
 
     # -- options -> tokenize -> run ------------------------------------------------------------------
 
-    def encode_queries(self, queries: str | Iterable[str], **call: Unpack[CallOptions]) -> np.ndarray:
+    def encode_queries(self, queries: Texts, batch_size: int | None = None, max_length: int | None = None,
+                       convert_to_numpy: bool | None = None, **call: Unpack[CallOptions]) -> Vectors:  # fmt: skip
         """Embed queries: ``prefix + instruction-formatted query + suffix``, then EOS.
 
         Args:
             queries: One query or a list of them.
+            batch_size: Most texts per forward pass, for this call (FlagEmbedding's argument).
+            max_length: ``query_max_length`` for this call.
+            convert_to_numpy: False = return a float32 torch tensor (on the CPU) for this call.
             **call: ``show_progress`` / ``on_truncation`` for this call only (see :class:`CallOptions`).
 
         Returns:
             float32 array, shape (N, dimension), or (dimension,) for a single ``str``.
         """
-        return self._encode(queries, "queries", **call)
+        return self._encode(queries, "queries", batch_size, max_length, convert_to_numpy, **call)
 
-    def encode_corpus(self, corpus: str | Iterable[str], **call: Unpack[CallOptions]) -> np.ndarray:
+    def encode_corpus(self, corpus: Texts, batch_size: int | None = None, max_length: int | None = None,
+                      convert_to_numpy: bool | None = None, **call: Unpack[CallOptions]) -> Vectors:  # fmt: skip
         """Embed passages as they are (no prefix, no instruction), then EOS; arguments as :meth:`encode_queries`."""
-        return self._encode(corpus, "passages", **call)
-
-    encode = encode_corpus
+        return self._encode(corpus, "passages", batch_size, max_length, convert_to_numpy, **call)
 
     def check_truncation(self, texts: Iterable[str], kind: Kind) -> list[int]:
         """Report, as an encode call would, which ``texts`` exceed their max length, without embedding them.
@@ -311,19 +308,40 @@ class ICLEmbedder:
         """
         self._check_kind(kind)
         items, _ = as_text_list(texts)
-        tokenized, limit = self._tokenize(items, kind)
+        tokenized, limit = self._tokenize(items, kind, None)
         report_truncation(tokenized.truncated, len(items), kind, limit, self._options.on_truncation, stacklevel=3)
         return tokenized.truncated
 
-    def tokenize_queries(self, queries: Sequence[str]) -> Tokenized:
-        """The exact token ids the model sees for ``queries`` (special tokens included)."""
+    def tokenize_queries(self, queries: Sequence[str], max_length: int | None = None) -> Tokenized:
+        """The exact token ids the model sees for ``queries`` (special tokens included); ``max_length`` as in
+        :meth:`encode_queries`."""
         o = self._options
+        plan = self._plan if max_length in (None, o.query_max_length) else self._query_plan(max_length, "max_length")
         formatted = [format_query(q, o.query_instruction_for_retrieval, o.query_instruction_format) for q in queries]
-        return self._pool.replicas[0].tokenizer.queries(formatted, self._plan)
+        return self._pool.replicas[0].tokenizer.queries(formatted, plan)
 
-    def tokenize_corpus(self, corpus: Sequence[str]) -> Tokenized:
+    def tokenize_corpus(self, corpus: Sequence[str], max_length: int | None = None) -> Tokenized:
         """The exact token ids the model sees for ``corpus`` (special tokens included)."""
-        return self._pool.replicas[0].tokenizer.passages(corpus, self._options.passage_max_length)
+        limit = self._options.passage_max_length if max_length is None else self._passage_limit(max_length)
+        return self._pool.replicas[0].tokenizer.passages(corpus, limit)
+
+    def _query_plan(self, max_length: int, name: str = "max_length") -> QueryPlan:
+        o, tok = self._options, self._pool.replicas[0].tokenizer
+        plan = tok.query_plan(self._prefix_text, o.suffix, positive_int(name, max_length))
+        if plan.query_budget <= 0:
+            msg = (
+                f"{name}={max_length} leaves no room for the query: BOS, the suffix "
+                f"{o.suffix!r} and EOS take {max_length - plan.query_budget} tokens"
+            )
+            raise ValueError(msg)
+        return plan
+
+    def _passage_limit(self, max_length: int, name: str = "max_length") -> int:
+        special = self._pool.replicas[0].tokenizer.n_special
+        if positive_int(name, max_length) <= special:
+            msg = f"{name}={max_length} leaves no room for text next to {special} special tokens"
+            raise ValueError(msg)
+        return max_length
 
     def _check_kind(self, kind: str) -> EmbedderOptions:
         if kind not in KINDS:
@@ -331,27 +349,33 @@ class ICLEmbedder:
             raise ValueError(msg)
         return self._options
 
-    def _tokenize(self, items: list[str], kind: Kind) -> tuple[Tokenized, tuple[str, int]]:
-        if kind == "queries":
-            return self.tokenize_queries(items), ("query_max_length", self._options.query_max_length)
-        return self.tokenize_corpus(items), ("passage_max_length", self._options.passage_max_length)
+    def _tokenize(self, items: list[str], kind: Kind, max_length: int | None) -> tuple[Tokenized, tuple[str, int]]:
+        name = "query_max_length" if kind == "queries" else "passage_max_length"
+        limit = (name, getattr(self._options, name)) if max_length is None else ("max_length", max_length)
+        tokenize = self.tokenize_queries if kind == "queries" else self.tokenize_corpus
+        return tokenize(items, max_length), limit
 
-    def _encode(self, texts: str | Iterable[str], kind: Kind, **call: Unpack[CallOptions]) -> np.ndarray:
+    def _encode(
+        self, texts: Texts, kind: Kind, rows: int | None, limit: int | None, numpy: bool | None, **call: Any
+    ) -> Vectors:
         unknown = sorted(set(call) - set(CallOptions.__annotations__))
         if unknown:
-            msg = f"unknown argument(s) {unknown}; valid: {sorted(CallOptions.__annotations__)}"
+            valid = ["batch_size", "max_length", "convert_to_numpy", *CallOptions.__annotations__]
+            msg = f"unknown argument(s) {unknown}; valid: {valid}"
             raise TypeError(msg)
-        items, single = as_text_list(texts)
+        o = self._options
+        rows = o.batch_size if rows is None else positive_int("batch_size", rows)
+        numpy = o.convert_to_numpy if numpy is None else flag("convert_to_numpy", numpy)
         mode, show = call.get("on_truncation"), call.get("show_progress")
-        on_truncation = self._options.on_truncation if mode is None else check_mode(mode)
-        if not items:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        tokenized, limit = self._tokenize(items, kind)
-        report_truncation(tokenized.truncated, len(items), kind, limit, on_truncation, stacklevel=3)
-        vectors = self._run(tokenized.ids, kind, self._options.show_progress if show is None else show)
-        return vectors[0] if single else vectors
+        on_truncation = o.on_truncation if mode is None else check_mode(mode)
+        items, single = as_text_list(texts)
+        tokenized, reported = self._tokenize(items, kind, limit)
+        report_truncation(tokenized.truncated, len(items), kind, reported, on_truncation, stacklevel=3)
+        vectors = self._run(tokenized.ids, kind, o.show_progress if show is None else show, rows)
+        out = vectors if numpy else torch.from_numpy(vectors)
+        return out[0] if single else out
 
-    def _run(self, ids: list[list[int]], kind: Kind, show: bool | None) -> np.ndarray:
+    def _run(self, ids: list[list[int]], kind: Kind, show: bool | None, rows: int) -> np.ndarray:  # (N, D)
         """Embed token-id lists longest first under the token budget; rows come back in input order.
 
         Queries that start with the cached prefix run on it; the rest run as whole prompts.
@@ -359,15 +383,15 @@ class ICLEmbedder:
         n, pad_id = len(ids), self._pool.replicas[0].tokenizer.pad_id
         window = attention_window(self._pool.replicas[0].model)
         groups = self._shared.split(ids, window) if kind == "queries" else [(list(range(n)), [len(x) for x in ids], 0)]
-        queue = BatchQueue(groups, self._options.batch_size, self._budget)
+        queue = BatchQueue(groups, rows, self._budget)
         out = np.empty((n, self.dimension), dtype=np.float32)  # (N, H)
 
         def step(replica: int, loaded: LoadedModel, batch: Batch) -> torch.Tensor:
             prefix = self._shared.cache_on(replica, loaded.model) if batch.skip else None
-            rows = [ids[i] for i in batch.rows]
-            return embed_batch(loaded.model, rows, pad_id, self._options.normalize_embeddings, prefix)  # (B, H)
+            o, batch_ids = self._options, [ids[i] for i in batch.rows]
+            return embed_batch(loaded.model, batch_ids, pad_id, o.normalize_embeddings, prefix, o.truncate_dim)
 
-        disable = (not show) if show is not None else (True if n <= self._options.batch_size else None)
+        disable = (not show) if show is not None else (True if n <= rows else None)
         with tqdm(total=n, desc=f"Embedding {kind}", unit="text", disable=disable) as bar:
 
             def sink(batch: Batch, vectors: torch.Tensor) -> None:

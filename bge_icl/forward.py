@@ -27,9 +27,14 @@ def pad(
 
 @torch.inference_mode()
 def embed_batch(
-    model: Any, batch: Sequence[Sequence[int]], pad_id: int, normalize: bool, prefix: PrefixCache | None = None
+    model: Any,
+    batch: Sequence[Sequence[int]],
+    pad_id: int,
+    normalize: bool,
+    prefix: PrefixCache | None = None,
+    truncate_dim: int | None = None,
 ) -> torch.Tensor:
-    """Embeddings of one batch, shape (B, H) float32, on the model's device.
+    """Embeddings of one batch, shape (B, D) float32 (D = H, or ``truncate_dim``), on the model's device.
 
     Without ``prefix``, each row is a whole sequence, left-padded; positions count real tokens only
     (``cumsum(mask) - 1``), so a sequence gets the same positions whatever it is batched with. With
@@ -45,5 +50,5 @@ def embed_batch(
         tails = [seq[prefix.length :] for seq in batch]
         input_ids, mask = pad(tails, pad_id, device, "right")  # (B, T), (B, T)
         hidden = forward_with_prefix(model, prefix, input_ids, mask)  # (B, T, H)
-    pooled = last_token_pool(hidden, mask)  # (B, H)
+    pooled = last_token_pool(hidden, mask)[:, :truncate_dim]  # (B, D): truncated before normalizing
     return l2_normalize(pooled) if normalize else pooled.float()

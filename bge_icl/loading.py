@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import threading
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -156,14 +158,42 @@ def _dtype_kwarg() -> str:
     return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
+DOWNLOAD_HINT = (
+    "download the model once with network access (`hf download BAAI/bge-en-icl`, from huggingface_hub) into the "
+    "cache that HF_HOME points at, and set HF_HUB_OFFLINE=1 to use only that cache"
+)
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def looks_like_a_path(name: str) -> bool:
+    """Whether ``name`` can only be meant as a local path, not a hub id (``org/model``).
+
+    Example:
+        >>> looks_like_a_path("./models/bge"), looks_like_a_path("BAAI/bge-en-icl")
+        (True, False)
+    """
+    if not _HUB_ID.fullmatch(name) or name.startswith((".", "~")):
+        return True
+    return "/" in name and os.path.isdir(name.split("/")[0])  # "models/bge" where ./models exists
+
+
+def _missing_directory(name: str) -> OSError:
+    path = Path(os.path.expanduser(name)).absolute()
+    nearest = next((p for p in path.parents if p.is_dir()), None)
+    near = f"; the nearest existing folder is {nearest}" if nearest is not None else ""
+    listing = sorted(c.name for c in nearest.iterdir() if c.is_dir())[:8] if nearest is not None else []
+    holds = f" (it holds: {', '.join(listing)})" if listing else ""
+    msg = f"cannot load model {name!r}: the directory {path} does not exist{near}{holds}"
+    return OSError(msg)
+
+
 def _not_found(model_name_or_path: str, error: Exception) -> OSError:
     first_line = str(error).splitlines()[0] if str(error) else ""
     msg = (
         f"cannot load model {model_name_or_path!r}: it is not a local directory with a model, and it could not "
         f"be loaded from the Hugging Face cache or Hub ({type(error).__name__}: {first_line}). "
-        "Fixes: pass a local directory that holds config.json, the weights and the tokenizer; or download the "
-        "model once with network access (`huggingface-cli download BAAI/bge-en-icl`) into the cache that "
-        "HF_HOME points at, and set HF_HUB_OFFLINE=1 to use only that cache."
+        "Fixes: pass a local directory that holds config.json, the weights and the tokenizer; or "
+        f"{DOWNLOAD_HINT}."
     )
     return OSError(msg)
 
@@ -221,6 +251,8 @@ def load_model(
     """
     source = os.path.realpath(os.path.expanduser(model_name_or_path))
     if not os.path.isdir(source):
+        if looks_like_a_path(model_name_or_path):
+            raise _missing_directory(model_name_or_path)
         source = model_name_or_path
     elif not os.path.isfile(os.path.join(source, "config.json")):
         raise _not_found(model_name_or_path, FileNotFoundError(f"no config.json in {source}"))

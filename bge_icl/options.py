@@ -16,7 +16,7 @@ import difflib
 import numbers
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 import torch
@@ -64,6 +64,19 @@ NEAR_MISSES: dict[str, str] = {
 }
 
 
+class CallOptions(TypedDict, total=False):
+    """Per-call overrides of ``encode_queries`` / ``encode_corpus`` (besides FlagEmbedding's ``batch_size``,
+    ``max_length`` and ``convert_to_numpy``).
+
+    Attributes:
+        show_progress: Override the embedder's ``show_progress`` for this call.
+        on_truncation: Override the embedder's ``on_truncation`` for this call.
+    """
+
+    show_progress: bool | None
+    on_truncation: OnTruncation | None
+
+
 class FrozenOptionError(AttributeError):
     """An option was assigned after construction: the vectors were made with the old value."""
 
@@ -86,6 +99,31 @@ def _device_entry(entry: Any) -> str | int:
         msg = f"devices entry {entry!r} is {kind}; expected a str like 'cpu'/'cuda:0' or an int GPU index"
         raise TypeError(msg)
     return index
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int when it is a positive integer (numpy ones too, not bools).
+
+    Raises:
+        ValueError: Anything else; the message names ``name`` and the value.
+    """
+    index = _index(value)
+    if index is None or index <= 0:
+        msg = f"{name} must be a positive int, got {value!r}"
+        raise ValueError(msg)
+    return index
+
+
+def flag(name: str, value: Any, nullable: bool = False) -> bool:
+    """``value`` as a bool when it is one (numpy's too).
+
+    Raises:
+        TypeError: Anything else; the message names ``name`` and the value.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        msg = f"{name} must be a bool{' or None' if nullable else ''}, got {value!r}"
+        raise TypeError(msg)
+    return bool(value)
 
 
 class EmbedderOptions(BaseModel):
@@ -155,6 +193,10 @@ class EmbedderOptions(BaseModel):
     """FlagEmbedding compatibility: False means float32. Used only when ``dtype="auto"``."""
     use_bf16: bool | None = None
     """FlagEmbedding compatibility: True means bfloat16 on GPU. Used only when ``dtype="auto"``."""
+    convert_to_numpy: bool = True
+    """FlagEmbedding's meaning: ``encode_*`` return a numpy array; False = a float32 torch tensor (on the CPU)."""
+    truncate_dim: int | None = None
+    """Keep the first ``truncate_dim`` dimensions of each vector (before normalization, as FlagEmbedding); > 0."""
 
     # -- unknown names ---------------------------------------------------------------------------
 
@@ -202,16 +244,14 @@ class EmbedderOptions(BaseModel):
         slots = 2 if info.field_name == "query_instruction_format" else 3
         return validate_template(str(info.field_name), value, slots)
 
-    @field_validator("query_max_length", "passage_max_length", "batch_size", "max_batch_tokens", mode="before")
+    @field_validator(
+        "query_max_length", "passage_max_length", "batch_size", "max_batch_tokens", "truncate_dim", mode="before"
+    )
     @classmethod
     def _positive(cls, value: Any, info: ValidationInfo) -> int | None:
-        if value is None and info.field_name == "max_batch_tokens":
+        if value is None and info.field_name in ("max_batch_tokens", "truncate_dim"):
             return None
-        index = _index(value)
-        if index is None or index <= 0:
-            msg = f"{info.field_name} must be a positive int, got {value!r}"
-            raise ValueError(msg)
-        return index
+        return positive_int(str(info.field_name), value)
 
     @field_validator(
         "normalize_embeddings",
@@ -220,6 +260,7 @@ class EmbedderOptions(BaseModel):
         "show_progress",
         "use_fp16",
         "use_bf16",
+        "convert_to_numpy",
         mode="before",
     )
     @classmethod
@@ -227,10 +268,7 @@ class EmbedderOptions(BaseModel):
         nullable = info.field_name in ("show_progress", "use_fp16", "use_bf16")
         if value is None and nullable:
             return None
-        if not isinstance(value, (bool, np.bool_)):
-            msg = f"{info.field_name} must be a bool{' or None' if nullable else ''}, got {value!r}"
-            raise TypeError(msg)
-        return bool(value)
+        return flag(str(info.field_name), value, nullable)
 
     @field_validator("devices", mode="before")
     @classmethod

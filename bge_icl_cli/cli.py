@@ -5,7 +5,9 @@ missing optional dependency); 2 the model cannot be loaded; 130 interrupted. Usa
 line on stderr, never a traceback.
 
 The LangChain and LlamaIndex adapters (and ``langchain-text-splitters``) are imported only inside the
-subcommands that use them, so ``bge-icl embed`` works with the core install alone.
+subcommands that use them, so ``bge-icl embed`` works with the core install alone. torch and numpy are
+imported only once a command runs, so ``--help`` and usage errors answer at once, and Ctrl-C at any
+point exits 130 without a traceback.
 """
 
 from __future__ import annotations
@@ -14,21 +16,40 @@ import argparse
 import importlib
 import importlib.resources
 import json
+import os
 import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import numpy as np
-
-from bge_icl.encoder import ICLEmbedder, TruncationWarning
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample, validate_examples
+from bge_icl.truncation import TruncationWarning
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from bge_icl.encoder import ICLEmbedder
 
 DEFAULT_MODEL = "BAAI/bge-en-icl"
-EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 1, 2
+EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 130
 SEARCH_SUFFIXES = (".txt", ".md")
+INPUT_SUFFIXES = (".txt", ".jsonl")
+# Folders `search` skips unless --include-hidden: hidden ones (a leading dot) and these dependency/build folders.
+SKIPPED_FOLDERS = frozenset({"node_modules", "venv", "env", "site-packages", "__pycache__", "build", "dist"})
+# Python parameter names in core messages -> the CLI option a user types.
+CLI_NAMES = {
+    "query_max_length": "--max-length",
+    "passage_max_length": "--max-length",
+    "max_length": "--max-length",
+    "batch_size": "--batch-size",
+    "devices": "--devices",
+    "dtype": "--dtype",
+    "model_name": "--model",
+    "examples_for_task": "--examples",
+    "query_instruction_for_retrieval": "--instruction",
+}
 
 
 class CliError(Exception):
@@ -100,45 +121,66 @@ def load_examples(spec: str | None, default_instruct: str | None = WEB_SEARCH_IN
 # -- input and output files ---------------------------------------------------------------------
 
 
-def read_texts(path_str: str, field: str = "text") -> tuple[list[str], list[Any]]:
-    """Texts and ids from a ``.txt`` (one text per non-blank line) or ``.jsonl`` (``field`` of each record) file.
-
-    Ids are a JSONL record's ``id`` when it has one, else the 1-based line number.
-    """
+def _read_text(path_str: str) -> str:
+    """The text of a file (a UTF-8 BOM dropped), or of standard input for ``-``."""
+    if path_str == "-":
+        return sys.stdin.read().removeprefix("\ufeff")
     path = Path(path_str)
-    if path.suffix not in (".txt", ".jsonl"):
-        raise CliError(f"input {path_str} must be a .txt (one text per line) or .jsonl file")
+    if path.is_dir():
+        raise CliError(f"input {path_str} is a directory, expected a file")
     if not path.is_file():
         raise CliError(f"input file {path_str} does not exist")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise CliError(f"cannot read {path_str}: {e}") from e
+
+
+def input_format(path_str: str, given: str | None = None) -> str:
+    """``"txt"`` or ``"jsonl"``: ``given`` (``--format``), else the file's suffix in any case; stdin is txt."""
+    if given is not None:
+        return given
+    if path_str == "-":
+        return "txt"
+    suffix = Path(path_str).suffix.lower()
+    if suffix not in INPUT_SUFFIXES:
+        raise CliError(f"input {path_str} must be a .txt (one text per line) or .jsonl file, or pass --format")
+    return suffix.removeprefix(".")
+
+
+def read_texts(path_str: str, field: str = "text", fmt: str | None = None) -> tuple[list[str], list[Any]]:
+    """Texts and ids from a ``.txt`` (one text per non-blank line) or ``.jsonl`` (``field`` of each record) file.
+
+    ``-`` reads standard input. Ids are a JSONL record's ``id`` when it has one, else the 1-based line number.
+    """
+    kind = input_format(path_str, fmt)
+    lines = _read_text(path_str).splitlines()
+    where = "stdin" if path_str == "-" else path_str
     texts: list[str] = []
     ids: list[Any] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if path.suffix == ".txt":
+        if kind == "txt":
             texts.append(line)
             ids.append(number)
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise CliError(f"{path_str} line {number} is not valid JSON: {e}") from e
+            raise CliError(f"{where} line {number} is not valid JSON: {e}") from e
         if not isinstance(record, dict):
-            raise CliError(f"{path_str} line {number} is a JSON {type(record).__name__}, expected an object")
+            raise CliError(f"{where} line {number} is a JSON {type(record).__name__}, expected an object")
         if field not in record:
             fields = ", ".join(sorted(record)) or "none"
-            raise CliError(f"{path_str} line {number} has no field {field!r} (fields: {fields}); use --field NAME")
+            raise CliError(f"{where} line {number} has no field {field!r} (fields: {fields}); use --field NAME")
         if not isinstance(record[field], str):
-            kind = type(record[field]).__name__
-            raise CliError(f"{path_str} line {number}: field {field!r} is {kind}, expected a string")
+            kind_name = type(record[field]).__name__
+            raise CliError(f"{where} line {number}: field {field!r} is {kind_name}, expected a string")
         texts.append(record[field])
         ids.append(record.get("id", number))
     if not texts:
-        raise CliError(f"{path_str} has no texts")
+        raise CliError(f"{where} has no texts")
     return texts, ids
 
 
@@ -153,6 +195,8 @@ def _check_output(path_str: str) -> Path:
 
 def write_vectors(path: Path, ids: Sequence[Any], vectors: np.ndarray) -> None:
     """``.npy``: the (N, dim) float32 matrix; ``.jsonl``: ``{"id": ..., "vector": [...]}`` per line."""
+    import numpy as np
+
     if path.suffix == ".npy":
         np.save(path, vectors.astype(np.float32, copy=False))
         return
@@ -168,18 +212,38 @@ def _devices(value: str | None) -> str | int | None:
     return int(value) if value is not None and value.isdigit() else value
 
 
+def cli_words(message: str) -> str:
+    """A core message in the CLI's words: one line, option names as typed (``devices='cpu'`` -> ``--devices cpu``).
+
+    Example:
+        >>> cli_words("batch_size must be a positive int, got 0; use devices='cpu'")
+        '--batch-size must be a positive int, got 0; use --devices cpu'
+    """
+    names = "|".join(sorted(CLI_NAMES, key=len, reverse=True))
+    quoted = rf"(?<![\w.-])({names})='([^']*)'(?=[;,)\s]|$)"
+    message = re.sub(quoted, lambda m: f"{CLI_NAMES[m.group(1)]} {m.group(2)}", message)
+    message = re.sub(rf"(?<![\w.-])({names})\b", lambda m: CLI_NAMES[m.group(1)], message)
+    return " ".join(message.split())
+
+
 def load_embedder(args: argparse.Namespace, **options: Any) -> ICLEmbedder:
     """Build the ``ICLEmbedder``; a model that cannot be loaded is exit 2, bad options exit 1."""
+    from bge_icl.encoder import ICLEmbedder
+
+    if args.quiet:
+        options["show_progress"] = False  # no loading bar, no encoding bar
     try:
         return ICLEmbedder(args.model, devices=_devices(args.devices), dtype=args.dtype, **options)
     except OSError as e:
         one_line = " ".join(str(e).split())
         raise CliError(f"{one_line} Or pass --model PATH to a local checkpoint directory.", EXIT_MODEL) from e
     except (TypeError, ValueError) as e:
-        raise CliError(" ".join(str(e).split())) from e
+        errors = getattr(e, "errors", None)  # a pydantic ValidationError: its messages without the frame
+        text = "; ".join(str(x["msg"]).removeprefix("Value error, ") for x in errors()) if errors else str(e)
+        raise CliError(cli_words(text)) from e
 
 
-def _encode_reporting_truncation(encode: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
+def _encode_reporting_truncation(encode: Callable[[list[str]], Any], texts: list[str]) -> np.ndarray:
     """Run ``encode``; report each :class:`TruncationWarning` as one stderr line, pass other warnings on."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -189,7 +253,7 @@ def _encode_reporting_truncation(encode: Callable[[list[str]], np.ndarray], text
         if issubclass(w.category, TruncationWarning):
             count = re.match(r"(\d+) of ", str(w.message))
             truncated += int(count.group(1)) if count else 1
-            print(f"bge-icl: warning: {w.message}", file=sys.stderr)
+            print(f"bge-icl: warning: {cli_words(str(w.message))}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     print(f"bge-icl: {truncated} of {len(texts)} texts truncated", file=sys.stderr)
@@ -254,7 +318,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     """Embed a .txt/.jsonl file of queries or passages into .npy or .jsonl."""
     output = _check_output(args.output)
-    texts, ids = read_texts(args.input, args.field)
+    texts, ids = read_texts(args.input, args.field, args.format)
     examples = load_examples(args.examples, args.instruction)
     limit_name = "query_max_length" if args.kind == "query" else "passage_max_length"
     limit = {} if args.max_length is None else {limit_name: args.max_length}
@@ -262,7 +326,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         args,
         examples_for_task=examples,
         query_instruction_for_retrieval=args.instruction,
-        show_progress=True,
+        show_progress=True,  # --quiet turns it off (load_embedder)
         batch_size=args.batch_size,
         **limit,
     )
@@ -273,14 +337,27 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _search_files(paths: Sequence[str]) -> list[Path]:
+def _skipped(folder: Path, include_hidden: bool) -> bool:
+    return not include_hidden and (folder.name.startswith(".") or folder.name in SKIPPED_FOLDERS)
+
+
+def search_files(paths: Sequence[str], include_hidden: bool = False) -> list[Path]:
+    """The ``.txt``/``.md`` files (any case) named or under the folders named, sorted within each folder.
+
+    Below a folder, hidden folders and dependency/build folders (:data:`SKIPPED_FOLDERS`) are skipped unless
+    ``include_hidden``; a file or folder named on the command line is always read.
+    """
     files: list[Path] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            files.extend(sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in SEARCH_SUFFIXES))
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not _skipped(Path(root) / d, include_hidden))
+                hidden = lambda n: not include_hidden and n.startswith(".")  # noqa: E731
+                found = (Path(root) / n for n in sorted(names) if not hidden(n))
+                files.extend(f for f in found if f.suffix.lower() in SEARCH_SUFFIXES and f.is_file())
         elif path.is_file():
-            if path.suffix not in SEARCH_SUFFIXES:
+            if path.suffix.lower() not in SEARCH_SUFFIXES:
                 raise CliError(f"{p}: search reads .txt and .md files")
             files.append(path)
         else:
@@ -288,6 +365,26 @@ def _search_files(paths: Sequence[str]) -> list[Path]:
     if not files:
         raise CliError(f"no .txt or .md files in {' '.join(paths)}")
     return files
+
+
+def _read_chunks(files: list[Path], splitter: Any) -> list[tuple[Path, str]]:
+    """Each readable file's chunks; unreadable ones (not UTF-8, no permission) are skipped with one warning line."""
+    chunks: list[tuple[Path, str]] = []
+    unreadable: list[Path] = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError):
+            unreadable.append(f)
+            continue
+        chunks.extend((f, chunk) for chunk in splitter.split_text(text))
+    if unreadable:
+        named = ", ".join(str(f) for f in unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
+        print(f"bge-icl: warning: skipped {len(unreadable)} unreadable file(s) (not UTF-8 text): {named}",
+              file=sys.stderr)  # fmt: skip
+    if not chunks:
+        raise CliError(f"the files hold no text: {' '.join(str(f) for f in files)}")
+    return chunks
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -299,18 +396,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not 0 <= args.chunk_overlap < args.chunk_size:
         raise CliError(f"--chunk-overlap must be between 0 and --chunk-size - 1, got {args.chunk_overlap}")
     splitters = _require("langchain_text_splitters", "bge-icl search", "langchain")
-    files = _search_files(args.paths)
+    files = search_files(args.paths, args.include_hidden)
     examples = load_examples(args.examples, args.instruction)
     splitter = splitters.RecursiveCharacterTextSplitter(chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap)
-    chunks: list[tuple[Path, str]] = []
-    for f in files:
-        try:
-            text = f.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise CliError(f"cannot read {f}: {e}") from e
-        chunks.extend((f, chunk) for chunk in splitter.split_text(text))
-    if not chunks:
-        raise CliError(f"the files hold no text: {' '.join(str(f) for f in files)}")
+    chunks = _read_chunks(files, splitter)
+    import numpy as np
+
     emb = load_embedder(args, examples_for_task=examples, query_instruction_for_retrieval=args.instruction)
     passages = _encode_reporting_truncation(emb.encode_corpus, [c for _, c in chunks])  # (N, dim)
     query = emb.encode_queries([args.query])[0]  # (dim,)
@@ -332,6 +423,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--devices", default=None, help="cpu, cuda:0 or a GPU index (default: first GPU, else CPU)")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), float16, bfloat16, float32")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (model loading included)")
 
 
 def _prompt_options(p: argparse.ArgumentParser) -> None:
@@ -352,7 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     embed = sub.add_parser("embed", help="embed a .txt/.jsonl file into .npy or .jsonl")
-    embed.add_argument("input", help=".txt (one text per line) or .jsonl (one object per line)")
+    embed.add_argument("input", help=".txt (one text per line) or .jsonl (one object per line); - = stdin")
+    embed.add_argument(
+        "--format", choices=("txt", "jsonl"), default=None, help="input format (default: from the suffix; stdin: txt)"
+    )
     embed.add_argument("-o", "--output", required=True, help=".npy (float32 matrix) or .jsonl (id + vector per line)")
     embed.add_argument(
         "--kind", choices=("corpus", "query"), required=True, help="passages as they are, or ICL queries"
@@ -372,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=5, help="how many chunks to print (default 5)")
     search.add_argument("--chunk-size", type=int, default=1000, help="characters per chunk (default 1000)")
     search.add_argument("--chunk-overlap", type=int, default=100, help="characters shared by neighbours (default 100)")
+    search.add_argument(
+        "--include-hidden",
+        action="store_true",
+        help=f"also read hidden folders and {', '.join(sorted(SKIPPED_FOLDERS))} (skipped by default)",
+    )
     _prompt_options(search)
     _model_options(search)
     search.set_defaults(func=cmd_search)
@@ -379,10 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``bge-icl``; returns the exit code (0 ok, 1 bad input or usage, 2 model cannot be loaded)."""
-    parser = build_parser()
+    """Run ``bge-icl``; returns the exit code (0 ok, 1 bad input or usage, 2 model cannot be loaded, 130 Ctrl-C)."""
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
         code: int = args.func(args)
     except CliError as e:
         print(f"bge-icl: error: {e}", file=sys.stderr)
@@ -391,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     except KeyboardInterrupt:
         print("bge-icl: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return code
 
 

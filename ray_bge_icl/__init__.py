@@ -38,7 +38,7 @@ class _EmbedBatch:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = batch[self.column].tolist()
-        return {**batch, self.output_column: self.encode(texts)}  # (B, H) float32
+        return {**batch, self.output_column: np.asarray(self.encode(texts))}  # (B, H) float32
 
 
 def embed_dataset(

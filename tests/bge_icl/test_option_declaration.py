@@ -31,7 +31,7 @@ def test_unknown_names_raise_with_the_valid_list_and_a_hint(tiny_dir: Path, name
     expected = f"unknown option {name!r} ({hint}"
     with pytest.raises(TypeError, match=re.escape(expected)) as info:
         ICLEmbedder(str(tiny_dir), **{name: 1})
-    assert "valid options: attn_implementation, batch_size, cache_dir, devices, dtype," in str(info.value)
+    assert "valid options: attn_implementation, batch_size, cache_dir, convert_to_numpy, devices," in str(info.value)
     with pytest.raises(TypeError, match=re.escape(expected)):
         EmbedderOptions(**{name: 1})
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ import torch
 
 from bge_icl import EmbedderOptions, ICLEmbedder
 from bge_icl.inputs import as_text_list
-from bge_icl.loading import resolve_devices, resolve_dtype
+from bge_icl.loading import looks_like_a_path, resolve_devices, resolve_dtype
 
 
 @pytest.mark.parametrize(
@@ -80,10 +83,29 @@ def test_bad_options(tiny_dir: Path, kwargs: dict[str, object], message: str) ->
         ICLEmbedder(str(tiny_dir), devices=kwargs.pop("devices", "cpu"), **kwargs)  # type: ignore[arg-type]
 
 
-def test_missing_path_explains_the_fix(tmp_path: Path) -> None:
-    missing = str(tmp_path / "nope")
-    with pytest.raises(OSError, match=re.escape(f"cannot load model {missing!r}") + ".*HF_HOME.*HF_HUB_OFFLINE=1"):
-        ICLEmbedder(missing, devices="cpu")
+def test_mistyped_local_path_says_the_directory_does_not_exist(tmp_path: Path) -> None:
+    (tmp_path / "bge-en-icl").mkdir()
+    for missing in (str(tmp_path / "bge-en-lcl"), str(tmp_path / "models" / "bge")):
+        expected = f"cannot load model {missing!r}: the directory {missing} does not exist; the nearest existing "
+        with pytest.raises(OSError, match=re.escape(expected + f"folder is {tmp_path} (it holds: bge-en-icl)")):
+            ICLEmbedder(missing, devices="cpu")
+
+
+@pytest.mark.parametrize(("name", "is_path"), [("./ckpt", True), ("~/ckpt", True), ("/abs/ckpt", True),
+                                               ("a/b/c", True), ("BAAI/bge-en-icl", False), ("gpt2", False)])
+def test_what_counts_as_a_path(name: str, is_path: bool) -> None:
+    assert looks_like_a_path(name) is is_path
+
+
+def test_missing_hub_model_names_the_hf_command(tmp_path: Path) -> None:
+    code = "from bge_icl import ICLEmbedder\nICLEmbedder('nope-org/nope-model', devices='cpu')"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert proc.returncode != 0
+    assert "OSError: cannot load model 'nope-org/nope-model'" in proc.stderr
+    assert "`hf download BAAI/bge-en-icl`" in proc.stderr and "huggingface-cli" not in proc.stderr
 
 
 def test_directory_without_a_model_explains_the_fix(tmp_path: Path) -> None:

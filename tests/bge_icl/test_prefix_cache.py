@@ -67,8 +67,8 @@ def test_queries_that_do_not_start_with_the_prefix_fall_back(tiny_dir: Path, mon
     for embedder in (cached, full):
         real = embedder.tokenize_queries
 
-        def altered(queries: list[str], real: Any = real) -> Any:
-            out = real(queries)
+        def altered(queries: list[str], max_length: int | None = None, real: Any = real) -> Any:
+            out = real(queries, max_length)
             return type(out)([[*ids[: P - 1], 5, *ids[P:]] for ids in out.ids], out.truncated)
 
         monkeypatch.setattr(embedder, "tokenize_queries", altered)

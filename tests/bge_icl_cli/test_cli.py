@@ -139,7 +139,7 @@ def test_embed_reports_truncation(capsys: pytest.CaptureFixture[str], tiny_dir: 
         *CPU,
     )
     assert code == 0
-    assert "1 of 2 passages exceeded passage_max_length=32 tokens" in err
+    assert "1 of 2 passages exceeded --max-length=32 tokens" in err
     assert "1 of 2 texts truncated" in err
     assert np.load(tmp_path / "v.npy").shape == (2, 64)
 
@@ -164,7 +164,7 @@ def _write(path: Path, text: str) -> Path:
         (lambda d: _write(d / "in.txt", "a\n"), ["--examples", "{bad}"], "is not valid JSON"),
         (lambda d: _write(d / "in.txt", "a\n"), ["--examples", "{list}"], "is missing 'response'"),
         (lambda d: _write(d / "in.txt", "a\n"), ["--examples", "{dict}"], "expected a JSON list"),
-        (lambda d: _write(d / "in.txt", "a\n"), ["--dtype", "int8"], "dtype='int8' is not supported"),
+        (lambda d: _write(d / "in.txt", "a\n"), ["--dtype", "int8"], "--dtype int8 is not supported"),
         (lambda d: _write(d / "in.txt", "a\n"), ["--kind", "both"], "invalid choice: 'both'"),
     ],
     ids=[
@@ -225,7 +225,7 @@ def test_model_that_cannot_load_exits_2(capsys: pytest.CaptureFixture[str], text
     code, _, err = run(capsys, "embed", texts_txt, "-o", tmp_path / "o.npy", "--kind", "corpus", "--model", empty, *CPU)
     assert code == 2
     assert len(err.strip().splitlines()) == 1
-    assert "cannot load model" in err and "--model PATH" in err and "huggingface-cli download" in err
+    assert "cannot load model" in err and "--model PATH" in err and "hf download" in err
 
 
 # -- search ------------------------------------------------------------------------------------------
