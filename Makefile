@@ -12,7 +12,7 @@ FLOOR := .venv-floor
 PIP_FLAGS := -q --disable-pip-version-check
 MODEL ?= BAAI/bge-en-icl
 
-.PHONY: demo demo-tiny test lint clean bench-cpu
+.PHONY: demo demo-tiny test lint clean bench-cpu bench-prefix bench-gpu-files
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,3 +57,11 @@ clean:
 bench-cpu: $(REF)/.installed $(VENV)/.installed
 	$(REF)/bin/python benchmarks/bench_cpu.py --repeats 3 --record benchmarks/results.json
 	$(VENV)/bin/python benchmarks/plot.py
+
+# The shared-prefix path vs the copy path, prefix scaling (2 vs 8 examples), tokenization and peak memory, on CPU.
+bench-prefix: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/bench_prefix.py --repeats 3
+
+# Tokenizer files for benchmarks/bench_gpu.py on a GPU machine without mistral-common (carry .cache/bench-tokenizer).
+bench-gpu-files: $(VENV)/.installed
+	$(VENV)/bin/python -c "from bge_icl.testing import build_tokenizer; build_tokenizer('.cache/bench-tokenizer')"

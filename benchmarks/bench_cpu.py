@@ -79,7 +79,7 @@ def main() -> None:
         flag = FlagICLModel(path, use_fp16=False, devices="cpu", **kwargs)
         ours.encode_queries(queries[:4]), flag.encode_queries(queries[:4])  # warm-up (and builds the prefix cache)
         ours.encode_corpus(passages[:4]), flag.encode_corpus(passages[:4])
-        prefix_tokens = ours._prefix.length if ours._prefix else 0
+        prefix_tokens = ours.prefix_length or 0
         rows = []
         for label, a, b, n in [
             ("queries", lambda: ours.encode_queries(queries), lambda: flag.encode_queries(queries), len(queries)),

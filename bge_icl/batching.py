@@ -1,11 +1,11 @@
-"""Length-sorted batching under a row limit and a padded-token budget."""
+"""Length-sorted batching under a row limit and a token budget that counts what a row really costs."""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,21 +15,35 @@ def length_order(lengths: Sequence[int]) -> np.ndarray:
     return np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
 
 
+RowCost = Callable[[int, int], int]  # (longest row's tokens, cached prefix tokens) -> cost of one row, in tokens
+
+
+def copied_prefix_cost(longest: int, skip: int) -> int:
+    """A row that holds its own copy of the ``skip`` cached prefix tokens: ``longest + skip`` (the copy path)."""
+    return longest + skip
+
+
 def next_batch_end(
-    sorted_lengths: Sequence[int], start: int, batch_size: int, max_batch_tokens: int, overhead: int = 0
+    sorted_lengths: Sequence[int],
+    start: int,
+    batch_size: int | None,
+    max_batch_tokens: int,
+    overhead: int = 0,
+    row_cost: RowCost = copied_prefix_cost,
 ) -> int:
     """End (exclusive) of the batch that starts at ``start`` in a longest-first list.
 
-    A batch takes at most ``batch_size`` rows and at most ``max_batch_tokens`` padded tokens
-    (rows x (longest row + ``overhead``), where ``overhead`` counts cached prefix tokens that every
-    row attends to). It always takes at least one row, however long.
+    A batch takes at most ``batch_size`` rows (None: no row limit) and at most ``max_batch_tokens`` of cost,
+    rows x ``row_cost(longest row, overhead)``, where ``overhead`` is the cached prefix every row attends to.
+    It always takes at least one row, however long.
 
     Example:
         >>> next_batch_end([10, 8, 8, 3], 0, batch_size=8, max_batch_tokens=25)
         2
     """
     longest = max(int(sorted_lengths[start]), 1)
-    rows = max(1, min(batch_size, max_batch_tokens // (longest + overhead)))
+    rows = max(1, max_batch_tokens // max(1, row_cost(longest, overhead)))
+    rows = rows if batch_size is None else min(batch_size, rows)
     return min(start + rows, len(sorted_lengths))
 
 
@@ -46,11 +60,12 @@ class Batch:
     rows: list[int]
     lengths: list[int]
     skip: int
+    row_cost: RowCost = field(default=copied_prefix_cost, compare=False, repr=False)
 
     @property
     def padded_tokens(self) -> int:
-        """Rows x (longest row + cached prefix)."""
-        return len(self.rows) * (self.lengths[0] + self.skip)
+        """Rows x the cost of the longest row (with the copy path: its tokens + the cached prefix)."""
+        return len(self.rows) * self.row_cost(self.lengths[0], self.skip)
 
 
 class BatchQueue:
@@ -62,13 +77,20 @@ class BatchQueue:
     """
 
     def __init__(
-        self, groups: Sequence[tuple[Sequence[int], Sequence[int], int]], batch_size: int, budget: int
+        self,
+        groups: Sequence[tuple[Sequence[int], Sequence[int], int]],
+        batch_size: int | None,
+        budget: int,
+        row_cost: RowCost = copied_prefix_cost,
     ) -> None:
         self.batch_size, self.budget = batch_size, budget
         self._pending: deque[Batch] = deque()
         for indices, lengths, skip in groups:
             order = length_order(lengths)
-            self._pending.append(Batch([int(indices[i]) for i in order], [int(lengths[i]) for i in order], skip))
+            rows, sorted_lengths = [int(indices[i]) for i in order], [int(lengths[i]) for i in order]
+            self._pending.append(Batch(rows, sorted_lengths, skip, row_cost if skip else copied_prefix_cost))
+        self.batches = self._count()
+        """How many batches the queue would hand out at its starting budget (for the progress bar)."""
         self._lock = threading.Lock()
         self._closed = False
 
@@ -79,10 +101,10 @@ class BatchQueue:
                 head = self._pending.popleft()
                 if not head.rows:
                     continue
-                end = next_batch_end(head.lengths, 0, self.batch_size, self.budget, overhead=head.skip)
+                end = next_batch_end(head.lengths, 0, self.batch_size, self.budget, head.skip, head.row_cost)
                 if end < len(head.rows):
-                    self._pending.appendleft(Batch(head.rows[end:], head.lengths[end:], head.skip))
-                return Batch(head.rows[:end], head.lengths[:end], head.skip)
+                    self._pending.appendleft(Batch(head.rows[end:], head.lengths[end:], head.skip, head.row_cost))
+                return Batch(head.rows[:end], head.lengths[:end], head.skip, head.row_cost)
             return None
 
     def shrink(self, batch: Batch) -> None:
@@ -90,6 +112,15 @@ class BatchQueue:
         with self._lock:
             self.budget = min(self.budget, max(1, batch.padded_tokens // 2))
             self._pending.appendleft(batch)
+
+    def _count(self) -> int:
+        total = 0
+        for batch in self._pending:
+            start = 0
+            while start < len(batch.rows):
+                start = next_batch_end(batch.lengths, start, self.batch_size, self.budget, batch.skip, batch.row_cost)
+                total += 1
+        return total
 
     def close(self) -> None:
         """Stop handing out batches (after a worker failed)."""

@@ -9,8 +9,6 @@ replica workers and out-of-memory backoff in :mod:`bge_icl.replicas`, the forwar
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 from typing_extensions import Unpack
 
-from bge_icl.batching import Batch, BatchQueue
+from bge_icl.batching import Batch, BatchQueue, RowCost, copied_prefix_cost
+from bge_icl.fingerprint import fingerprint
 from bge_icl.flag_compat import FlagICLCompat
 from bge_icl.forward import embed_batch
 from bge_icl.inputs import as_text_list
@@ -38,7 +37,8 @@ from bge_icl.options import (
 from bge_icl.prefix_cache import PrefixCache, SharedPrefix, attention_window
 from bge_icl.prompts import ICLExample, build_prefix, format_query, validate_examples
 from bge_icl.replicas import ReplicaPool
-from bge_icl.tokenization import QueryPlan, Tokenized
+from bge_icl.shared_prefix import shared_prefix_cost, supports_shared_prefix
+from bge_icl.tokenization import PrefixSplit, QueryPlan, Tokenized
 from bge_icl.truncation import TruncationError, TruncationWarning, check_mode, report_truncation
 
 __all__ = ["DEFAULT_MAX_BATCH_TOKENS", "CallOptions", "ICLEmbedder", "Stats", "TruncationError", "TruncationWarning"]
@@ -48,6 +48,7 @@ Texts = str | Iterable[str]
 Vectors = np.ndarray | torch.Tensor
 KINDS: tuple[Kind, ...] = ("queries", "passages")
 DEFAULT_MAX_BATCH_TOKENS = {"cuda": 65536, "cpu": 16384}
+DEFAULT_BATCH_SIZE: dict[str, int | None] = {"cpu": 32}  # other devices: no row limit, the token budget decides
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,20 @@ class ICLEmbedder(FlagICLCompat):
             msg = f"truncate_dim={o.truncate_dim} exceeds the model's dimension {first.hidden_size}"
             raise ValueError(msg)
         self._budget = o.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS.get(first.device.type, 65536)
+        self._rows = o.batch_size or DEFAULT_BATCH_SIZE.get(first.device.type)
+        # Cached queries attend to one shared copy of the prefix where the model's layout allows (else a copy per row).
+        shared = supports_shared_prefix(first.model) and os.environ.get("BGE_ICL_PREFIX_ATTENTION") != "copy"
+        self._row_cost: RowCost = shared_prefix_cost(first.model.config) if shared else copied_prefix_cost
+        self._shared_attention = shared
         tok = first.tokenizer
         self._plan = self._query_plan(o.query_max_length, "query_max_length")
         self._passage_limit(o.passage_max_length, "passage_max_length")
         special = set(tok.tokenizer.all_special_ids) - set(tok.head)
-        probe = self.tokenize_queries(["a", "1"]).ids
+        self._probes = [format_query(q, o.query_instruction_for_retrieval, o.query_instruction_format) for q in "a1"]
+        probe = tok.queries(self._probes, self._plan).ids
         self._shared = SharedPrefix(lambda: (probe[0], probe[1]), tok.head, special, o.prefix_cache)
+        self._split: PrefixSplit | None = None
+        self._split_known = False
 
     # -- configuration, read-only ---------------------------------------------------------------
 
@@ -228,27 +237,12 @@ class ICLEmbedder(FlagICLCompat):
         return Stats(s.hits, s.misses, s.builds, self._pool.rows)
 
     def fingerprint(self, kind: Kind) -> str:
-        """sha256 of everything that determines a ``kind`` vector: resolved model, revision, dtype, dimension,
-        normalization, the max length and, for queries, the whole prompt. Equal fingerprints, equal vectors."""
+        """sha256 of everything that determines a ``kind`` vector (:func:`bge_icl.fingerprint.fingerprint`):
+        equal fingerprints, equal vectors."""
+        first = self._pool.replicas[0]
         o = self._check_kind(kind)
-        settings: dict[str, Any] = {
-            "model": self._pool.replicas[0].source,
-            "revision": o.revision,
-            "dtype": str(self.dtype),
-            "dimension": self.dimension,
-            "normalize": o.normalize_embeddings,
-        }
-        if kind == "passages":
-            settings["passage_max_length"] = o.passage_max_length
-        else:
-            settings.update(
-                prefix=self.prefix,
-                instruction=o.query_instruction_for_retrieval,
-                query_format=o.query_instruction_format,
-                suffix=o.suffix,
-                query_max_length=o.query_max_length,
-            )
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return fingerprint(o, kind, source=first.source, dtype=str(first.dtype), dimension=self.dimension,
+                           prefix=self.prefix)  # fmt: skip
 
     def with_options(self, **changes: Any) -> ICLEmbedder:
         """A new embedder with ``changes`` applied; it shares the loaded weights when the model settings agree."""
@@ -318,7 +312,15 @@ class ICLEmbedder(FlagICLCompat):
         o = self._options
         plan = self._plan if max_length in (None, o.query_max_length) else self._query_plan(max_length, "max_length")
         formatted = [format_query(q, o.query_instruction_for_retrieval, o.query_instruction_format) for q in queries]
-        return self._pool.replicas[0].tokenizer.queries(formatted, plan)
+        return self._pool.replicas[0].tokenizer.queries(formatted, plan, self._query_split())
+
+    def _query_split(self) -> PrefixSplit | None:
+        """Where query prompts split into the cached prefix (ids known) and the rest (tokenized per call)."""
+        if not self._split_known:
+            tok, ids = self._pool.replicas[0].tokenizer, self.prefix_ids
+            self._split = None if ids is None else tok.prefix_split(tok.prompts(self._probes, self._plan)[0], ids)
+            self._split_known = True
+        return self._split
 
     def tokenize_corpus(self, corpus: Sequence[str], max_length: int | None = None) -> Tokenized:
         """The exact token ids the model sees for ``corpus`` (special tokens included)."""
@@ -364,7 +366,7 @@ class ICLEmbedder(FlagICLCompat):
             msg = f"unknown argument(s) {unknown}; valid: {valid}"
             raise TypeError(msg)
         o = self._options
-        rows = o.batch_size if rows is None else positive_int("batch_size", rows)
+        rows = self._rows if rows is None else positive_int("batch_size", rows)
         numpy = o.convert_to_numpy if numpy is None else flag("convert_to_numpy", numpy)
         mode, show = call.get("on_truncation"), call.get("show_progress")
         on_truncation = o.on_truncation if mode is None else check_mode(mode)
@@ -375,7 +377,7 @@ class ICLEmbedder(FlagICLCompat):
         out = vectors if numpy else torch.from_numpy(vectors)
         return out[0] if single else out
 
-    def _run(self, ids: list[list[int]], kind: Kind, show: bool | None, rows: int) -> np.ndarray:  # (N, D)
+    def _run(self, ids: list[list[int]], kind: Kind, show: bool | None, rows: int | None) -> np.ndarray:  # (N, D)
         """Embed token-id lists longest first under the token budget; rows come back in input order.
 
         Queries that start with the cached prefix run on it; the rest run as whole prompts.
@@ -383,20 +385,24 @@ class ICLEmbedder(FlagICLCompat):
         n, pad_id = len(ids), self._pool.replicas[0].tokenizer.pad_id
         window = attention_window(self._pool.replicas[0].model)
         groups = self._shared.split(ids, window) if kind == "queries" else [(list(range(n)), [len(x) for x in ids], 0)]
-        queue = BatchQueue(groups, rows, self._budget)
+        queue = BatchQueue(groups, rows, self._budget, self._row_cost)
         out = np.empty((n, self.dimension), dtype=np.float32)  # (N, H)
 
         def step(replica: int, loaded: LoadedModel, batch: Batch) -> torch.Tensor:
             prefix = self._shared.cache_on(replica, loaded.model) if batch.skip else None
             o, batch_ids = self._options, [ids[i] for i in batch.rows]
-            return embed_batch(loaded.model, batch_ids, pad_id, o.normalize_embeddings, prefix, o.truncate_dim)
+            shared = self._shared_attention
+            return embed_batch(loaded.model, batch_ids, pad_id, o.normalize_embeddings, prefix, o.truncate_dim, shared)
 
-        disable = (not show) if show is not None else (True if n <= rows else None)
+        disable = (not show) if show is not None else (True if queue.batches <= 1 else None)
+        done: list[tuple[list[int], torch.Tensor]] = []  # vectors stay on their device until the call ends
         with tqdm(total=n, desc=f"Embedding {kind}", unit="text", disable=disable) as bar:
 
             def sink(batch: Batch, vectors: torch.Tensor) -> None:
-                out[batch.rows] = vectors.cpu().numpy()
+                done.append((batch.rows, vectors))  # no host sync here: the next batch is queued at once
                 bar.update(len(batch.rows))
 
             self._pool.run(queue, step, sink)
+        for rows_of_batch, vectors in done:
+            out[rows_of_batch] = vectors.cpu().numpy()  # (B, D): one copy to the host per batch, after all ran
         return out

@@ -35,6 +35,7 @@ def _me(obj: object) -> Any:
 class FlagICLCompat:
     """FlagEmbedding 1.4.2 ``FlagICLModel``'s public surface; :class:`~bge_icl.ICLEmbedder` inherits it."""
 
+    _STATE = ("_options", "_examples", "_prefix_text", "_plan", "_probes", "_shared", "_split", "_split_known")
     pool: None = None
     """FlagEmbedding's corpus process pool: never started here (see :data:`NO_POOL`)."""
     query_pool: None = None
@@ -80,7 +81,7 @@ class FlagICLCompat:
         examples = _me(self)._initial_examples if examples_for_task is None else examples_for_task
         fresh = _me(self).with_examples(examples)
         with _me(self)._pool.replicas[0].lock:  # no batch of this embedder's model runs while the state is swapped
-            for name in ("_options", "_examples", "_prefix_text", "_plan", "_shared"):
+            for name in FlagICLCompat._STATE:
                 object.__setattr__(self, name, getattr(fresh, name))
 
     def get_model_torch_dtype(self) -> torch.dtype:

@@ -171,8 +171,9 @@ class EmbedderOptions(BaseModel):
     entry, fed from one batch queue; ``"auto"`` = every visible GPU (the CPU when there is none)."""
     dtype: str = "auto"
     """``"auto"`` (float16 on GPU, float32 on CPU), ``"float16"``, ``"bfloat16"``, ``"float32"``, or a torch.dtype."""
-    batch_size: int = 32
-    """Most texts per forward pass; > 0."""
+    batch_size: int | None = None
+    """Most texts per forward pass; None = 32 on CPU (larger batches run slower there), and on GPU as many as
+    ``max_batch_tokens`` allows (it counts the prefix attention of cached queries: hundreds of short queries); > 0."""
     max_batch_tokens: int | None = None
     """Most padded tokens per forward pass; None = 65,536 on GPU, 16,384 on CPU; > 0."""
     attn_implementation: str | None = None
@@ -249,7 +250,7 @@ class EmbedderOptions(BaseModel):
     )
     @classmethod
     def _positive(cls, value: Any, info: ValidationInfo) -> int | None:
-        if value is None and info.field_name in ("max_batch_tokens", "truncate_dim"):
+        if value is None and info.field_name in ("max_batch_tokens", "truncate_dim", "batch_size"):
             return None
         return positive_int(str(info.field_name), value)
 

@@ -19,6 +19,7 @@ Llama/Mistral decoder layout; other models use the copy path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,6 +38,27 @@ def supports_shared_prefix(model: Any) -> bool:
         return False
     layer = layers[0]
     return all(hasattr(layer, a) for a in _LAYER_PARTS) and all(hasattr(layer.self_attn, a) for a in _ATTENTION_PARTS)
+
+
+def shared_prefix_cost(config: Any) -> Callable[[int, int], int]:
+    """The cost of one cached-query row, in tokens, for :class:`~bge_icl.batching.BatchQueue`.
+
+    A row runs ``T`` tokens through the layers (their activations are the cost of a token) and holds
+    ``heads x T x P`` attention scores for the prefix; these are counted in tokens of the MLP's width, so a
+    batch of short queries can hold hundreds of rows while the prefix is never copied.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> shared_prefix_cost(SimpleNamespace(num_attention_heads=32, intermediate_size=14336))(30, 500)
+        64
+    """
+    width = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
+    heads, width = int(config.num_attention_heads), int(width)
+
+    def cost(longest: int, skip: int) -> int:
+        return longest + -(-longest * heads * skip // width)  # T + ceil(T * heads * P / width)
+
+    return cost
 
 
 def _rotary(model: Any) -> Any:
@@ -64,7 +86,7 @@ def cascade_attention(
         The attention output, shape (B, Hq, T, d), in ``q``'s dtype.
     """
     B, Hq, T, d = q.shape
-    Hkv, P = prefix_k.shape[0], prefix_k.shape[1]
+    Hkv = prefix_k.shape[0]  # prefix_k: (Hkv, P, d)
     G = Hq // Hkv  # query heads per KV head: head h reads KV head h // G
     qg = q.view(B, Hkv, G, T, d)  # (B, Hkv, G, T, d)
     # Prefix part: fold B, G, T into the rows of one matmul per KV head; the prefix is never expanded.

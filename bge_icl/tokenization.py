@@ -7,6 +7,7 @@ whatever ``add_eos_token`` says, so the pooled token is always EOS.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,19 @@ class QueryPlan:
     suffix_len: int
     query_budget: int
     full_budget: int
+
+
+@dataclass(frozen=True)
+class PrefixSplit:
+    """The start of every query prompt that the cached prefix ids cover, so only the rest is tokenized.
+
+    Attributes:
+        text: That start of the prompt string; it ends with a special token (``<query>``).
+        content: Its token ids without the head (BOS): the cached ids minus BOS.
+    """
+
+    text: str
+    content: tuple[int, ...]
 
 
 class PromptTokenizer:
@@ -134,16 +148,52 @@ class PromptTokenizer:
             full_budget=new_max_length - self.n_special,
         )
 
-    def queries(self, texts: Sequence[str], plan: QueryPlan) -> Tokenized:
+    def queries(self, texts: Sequence[str], plan: QueryPlan, split: PrefixSplit | None = None) -> Tokenized:
         """Tokenize instruction-formatted queries the way FlagEmbedding's ``encode_queries`` does.
 
         The query is tokenized without special tokens, cut to ``plan.query_budget``, decoded back to
         text (FlagEmbedding always makes this round trip, and it can change spacing), then
-        ``prefix + decoded + suffix`` is tokenized and wrapped in BOS ... EOS.
+        ``prefix + decoded + suffix`` is tokenized and wrapped in BOS ... EOS. With ``split``, a prompt
+        that starts with ``split.text`` has only the rest tokenized: special tokens cut the text into
+        pieces that are tokenized independently, so the ids are the same (see :meth:`prefix_split`).
         """
+        prompts, truncated = self.prompts(texts, plan)
+        full = self._prompt_ids(prompts, split)
+        truncated |= {i for i, c in enumerate(full) if len(c) > plan.full_budget}
+        return Tokenized([self.wrap(c[: plan.full_budget]) for c in full], sorted(truncated))
+
+    def prompts(self, texts: Sequence[str], plan: QueryPlan) -> tuple[list[str], set[int]]:
+        """The whole prompt strings of instruction-formatted queries (after the truncate-decode round trip),
+        and the indices of the queries that were cut."""
         content = self.content_ids(texts)
         truncated = {i for i, c in enumerate(content) if len(c) > plan.query_budget}
         decoded = self.decode([c[: plan.query_budget] for c in content])
-        full = self.content_ids([plan.prefix + d + plan.suffix for d in decoded])
-        truncated |= {i for i, c in enumerate(full) if len(c) > plan.full_budget}
-        return Tokenized([self.wrap(c[: plan.full_budget]) for c in full], sorted(truncated))
+        return [plan.prefix + d + plan.suffix for d in decoded], truncated
+
+    def _prompt_ids(self, prompts: list[str], split: PrefixSplit | None) -> list[list[int]]:
+        if split is None:
+            return self.content_ids(prompts)
+        tails = [i for i, p in enumerate(prompts) if p.startswith(split.text)]
+        joint = [i for i, p in enumerate(prompts) if not p.startswith(split.text)]  # the safe fallback
+        out: list[list[int]] = [[] for _ in prompts]
+        for i, ids in zip(tails, self.content_ids([prompts[i][len(split.text) :] for i in tails]), strict=True):
+            out[i] = [*split.content, *ids]
+        for i, ids in zip(joint, self.content_ids([prompts[i] for i in joint]), strict=True):
+            out[i] = ids
+        return out
+
+    def prefix_split(self, prompts: Sequence[str], prefix_ids: Sequence[int]) -> PrefixSplit | None:
+        """The :class:`PrefixSplit` for cached ``prefix_ids``, from two whole probe prompts (strings).
+
+        None, and every query is tokenized whole, unless the cached ids end with a special token and the
+        prompts' common text up to that token tokenizes to exactly the cached ids.
+        """
+        if not prefix_ids or prefix_ids[-1] not in set(self.tokenizer.all_special_ids):
+            return None
+        token = str(self.tokenizer.convert_ids_to_tokens(int(prefix_ids[-1])))
+        common = os.path.commonprefix(list(prompts))  # noqa: RUF071 - a character prefix is what is wanted
+        end = common.rfind(token)
+        if end < 0:
+            return None
+        text, content = common[: end + len(token)], list(prefix_ids[len(self.head) :])
+        return PrefixSplit(text, tuple(content)) if self.content_ids([text])[0] == content else None

@@ -115,7 +115,7 @@ def test_options_are_fixed_after_construction(emb: ICLEmbedder) -> None:
     hint = "use with_examples(...) or .with_options(examples_for_task"
     with pytest.raises(FrozenOptionError, match=re.escape(hint)):
         emb.examples_for_task = None  # type: ignore[misc]
-    assert emb.batch_size == emb.options.batch_size == 32
+    assert emb.batch_size is emb.options.batch_size is None
 
 
 def test_with_options_builds_a_consistent_embedder_on_the_same_weights(emb: ICLEmbedder) -> None:

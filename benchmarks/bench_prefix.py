@@ -1,0 +1,134 @@
+"""CPU benchmark of the few-shot prefix: shared-prefix vs copy attention, prefix scaling, tokenization, memory.
+
+Same checkpoint as ``bench_cpu.py`` (random-weight MistralModel, hidden 512, 8 layers, 8 heads / 2 KV heads,
+intermediate 1792, bge-en-icl's real tokenizer, float32). Workload: 256 queries of 3-14 words, with the model
+card's 2 web-search examples and with 8 examples (a ~1,000-token prefix). Runs in ``.venv`` (no
+FlagEmbedding): ``make bench-prefix``. Each memory figure comes from a fresh subprocess (peak RSS of one
+256-query call minus the RSS before it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
+from bge_icl.quickstart import EXAMPLES
+from bge_icl.testing import build_checkpoint
+
+WORDS = "protein summit mountain network interface virtual machine pain muscle river ocean forest city".split()
+
+
+def examples(n: int) -> list[dict[str, str]]:
+    """``n`` few-shot examples: the model card's two, then variations of them (about 130 tokens each)."""
+    out = []
+    for i in range(n):
+        base = EXAMPLES[i % len(EXAMPLES)]
+        out.append({**base, "query": base["query"] if i < 2 else f"{base['query']} (variant {i})"})
+    return out
+
+
+def queries(n: int = 256, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(3, 14))) for _ in range(n)]
+
+
+def best_rate(fn, n: int, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    best = min(_timed(fn) for _ in range(repeats))
+    return n / best
+
+
+def _timed(fn) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def checkpoint(root: Path) -> str:
+    return str(build_checkpoint(root / "bench", seed=0, hidden_size=512, intermediate_size=1792,
+                                num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2))  # fmt: skip
+
+
+def embedder(path: str, n_examples: int) -> ICLEmbedder:
+    return ICLEmbedder(
+        path,
+        devices="cpu",
+        dtype="float32",
+        show_progress=False,
+        examples_for_task=examples(n_examples),
+        query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION,
+    )
+
+
+def _status_kib(field: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def memory_child(path: str, n_examples: int, rows: int) -> None:
+    """One call of 256 queries in batches of ``rows``; prints the peak RSS growth during it, in MiB (Linux)."""
+    emb = embedder(path, n_examples).with_options(batch_size=rows)
+    emb.encode_queries(queries(4))  # loads, builds the prefix cache
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    before = _status_kib("VmRSS")
+    emb.encode_queries(queries(256))
+    peak = _status_kib("VmHWM")
+    print(json.dumps({"peak_growth_mib": (peak - before) / 1024, "prefix_tokens": emb.prefix_length}))
+
+
+def memory(path: str, n_examples: int, attention: str, rows: int) -> dict[str, float]:
+    env = {**os.environ, "BGE_ICL_PREFIX_ATTENTION": attention}
+    code = f"import benchmarks.bench_prefix as b; b.memory_child({path!r}, {n_examples}, {rows})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    qs = queries()
+    results: dict[str, object] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+        "software": f"torch {torch.__version__}, transformers {transformers.__version__}",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = checkpoint(Path(tmp))
+        for n_examples in (2, 8):
+            for attention in ("shared", "copy"):
+                os.environ["BGE_ICL_PREFIX_ATTENTION"] = attention
+                emb = embedder(path, n_examples)
+                emb.encode_queries(qs[:4])
+                rate = best_rate(lambda e=emb: e.encode_queries(qs), len(qs), args.repeats)
+                results[f"queries_per_s_{n_examples}ex_{attention}"] = round(rate, 1)
+                results[f"prefix_tokens_{n_examples}ex"] = emb.prefix_length
+            os.environ.pop("BGE_ICL_PREFIX_ATTENTION")
+            emb = embedder(path, n_examples)
+            emb.encode_queries(qs[:4])
+            joint = emb.with_options(prefix_cache=False)
+            results[f"tokenize_per_s_{n_examples}ex_split"] = round(
+                best_rate(lambda e=emb: e.tokenize_queries(qs), len(qs), args.repeats), 1)  # fmt: skip
+            results[f"tokenize_per_s_{n_examples}ex_joint"] = round(
+                best_rate(lambda e=joint: e.tokenize_queries(qs), len(qs), args.repeats), 1)  # fmt: skip
+        for attention in ("shared", "copy"):  # all 256 queries in one batch: does memory grow with rows x prefix?
+            growth = memory(path, 8, attention, rows=256)["peak_growth_mib"]
+            results[f"peak_growth_mib_256q_one_batch_8ex_{attention}"] = round(growth, 1)
+    results["scaling_8ex_over_2ex_shared"] = round(
+        float(results["queries_per_s_8ex_shared"]) / float(results["queries_per_s_2ex_shared"]), 2)  # type: ignore[arg-type]  # fmt: skip
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
