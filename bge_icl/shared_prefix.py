@@ -28,6 +28,9 @@ from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 from bge_icl.prefix_cache import PrefixCache
 
 _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+SCORE_CHUNK = {"cpu": 2**24, "cuda": 2**27}
+"""Most float32 attention scores held at once (64 MiB on CPU, 512 MiB on GPU): rows are attended in chunks, so
+the transient memory of a batch does not grow with rows x prefix length."""
 _ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim")
 
 
@@ -140,7 +143,12 @@ def forward_shared_prefix(
         k = attn.k_proj(h).view(B, T, Hkv, d).transpose(1, 2)  # (B, Hkv, T, d)
         v = attn.v_proj(h).view(B, T, Hkv, d).transpose(1, 2)  # (B, Hkv, T, d)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        out = cascade_attention(q, k, v, prefix_k[0], prefix_v[0], allowed, d**-0.5)  # (B, Hq, T, d)
+        step = max(1, SCORE_CHUNK.get(x.device.type, 2**27) // (Hq * T * (P + T)))  # rows per chunk
+        out = torch.cat([
+            cascade_attention(q[i : i + step], k[i : i + step], v[i : i + step], prefix_k[0], prefix_v[0],
+                              allowed[i : i + step], d**-0.5)
+            for i in range(0, B, step)
+        ])  # (B, Hq, T, d)  # fmt: skip
         x = x + attn.o_proj(out.transpose(1, 2).reshape(B, T, Hq * d))  # (B, T, H)
         x = x + layer.mlp(layer.post_attention_layernorm(x))  # (B, T, H)
     return model.norm(x)  # (B, T, H)
