@@ -28,8 +28,8 @@ from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 from bge_icl.prefix_cache import PrefixCache
 
 _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
-SCORE_CHUNK = {"cpu": 2**24, "cuda": 2**27}
-"""Most float32 attention scores held at once (64 MiB on CPU, 512 MiB on GPU): rows are attended in chunks, so
+SCORE_CHUNK = {"cpu": 2**22, "cuda": 2**27}
+"""Most float32 attention scores held at once (16 MiB on CPU, 512 MiB on GPU): rows are attended in chunks, so
 the transient memory of a batch does not grow with rows x prefix length."""
 _ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim")
 
