@@ -1,5 +1,5 @@
-"""``python -m bge_icl``: the ``bge-icl`` command line."""
+"""``python -m bge_icl_cli``: the ``bge-icl`` command line."""
 
-from bge_icl_cli.cli import main
+from bge_icl_cli.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -494,5 +494,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def entry() -> NoReturn:
+    """The ``bge-icl`` script: :func:`main`, then exit with its code.
+
+    After Ctrl-C the process leaves at once with 130 (``os._exit``, output flushed): a second
+    ``KeyboardInterrupt`` raised while the interpreter shuts down (torch, tokenizers) would otherwise turn the
+    exit status into "killed by SIGINT".
+    """
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()
