@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 $(REF)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(REF)
 	$(REF)/bin/pip install $(PIP_FLAGS) "$(TORCH)"
-	$(REF)/bin/pip install $(PIP_FLAGS) -e ".[testing]" "transformers==4.57.*" "FlagEmbedding==1.4.2" "pytest>=8" "pytest-asyncio>=0.24" "hypothesis>=6.100"
+	$(REF)/bin/pip install $(PIP_FLAGS) -e ".[testing,eval]" "transformers==4.57.*" "FlagEmbedding==1.4.2" "pytest>=8" "pytest-asyncio>=0.24" "hypothesis>=6.100"
 	touch $@
 
 # The oldest transformers that pyproject.toml admits: the core suite must pass there too.
