@@ -2,10 +2,12 @@
 
 Same checkpoint as ``bench_cpu.py`` (random-weight MistralModel, hidden 512, 8 layers, 8 heads / 2 KV heads,
 intermediate 1792, bge-en-icl's real tokenizer, float32). Workload: 256 queries of 3-14 words, with the model
-card's 2 web-search examples and with 8 examples (a ~1,000-token prefix). Runs in ``.venv`` (no
-FlagEmbedding): ``make bench-prefix``. Each memory figure comes from a fresh subprocess: the peak RSS of
-one call that runs 256 (or 64) queries as one batch, minus the RSS before it (with ``MALLOC_MMAP_THRESHOLD_``
-set so that freed memory leaves the process and the peak tracks live memory).
+card's 2 web-search examples and with 8 examples (a ~1,000-token prefix). Attention: ``shared`` (the default: on
+CPU torch's fused flash kernel for the prefix and the tail, merged by log-sum-exp), ``shared-explicit``
+(``BGE_ICL_CASCADE_KERNEL=explicit``: float32 score matrices in row chunks) and ``copy`` (a prefix copy per row).
+Runs in ``.venv`` (no FlagEmbedding): ``make bench-prefix``. Each memory figure comes from a fresh subprocess: the
+peak RSS of one call that runs 256 (or 64) queries as one batch, minus the RSS before it (with
+``MALLOC_MMAP_THRESHOLD_`` set so that freed memory leaves the process and the peak tracks live memory).
 """
 
 from __future__ import annotations
@@ -77,6 +79,15 @@ def _status_kib(field: str) -> int:
     return int(line.split()[1])
 
 
+# shared: the default (fused flash kernel on CPU); shared-explicit: the explicit float32 kernel; copy: a copy per row.
+ATTENTIONS = ("shared", "shared-explicit", "copy")
+
+
+def _attention_env(attention: str) -> dict[str, str]:
+    return {"BGE_ICL_PREFIX_ATTENTION": "copy" if attention == "copy" else "shared",
+            "BGE_ICL_CASCADE_KERNEL": "explicit" if attention == "shared-explicit" else "default"}  # fmt: skip
+
+
 def memory_child(path: str, n_examples: int, rows: int) -> None:
     """One call of 256 queries in batches of ``rows``; prints the peak RSS growth during it, in MiB (Linux)."""
     emb = embedder(path, n_examples).with_options(batch_size=rows, max_batch_tokens=10**9)  # one batch of `rows`
@@ -90,7 +101,7 @@ def memory_child(path: str, n_examples: int, rows: int) -> None:
 
 def memory(path: str, n_examples: int, attention: str, rows: int) -> dict[str, float]:
     # Large allocations get their own mappings, returned at free: the peak RSS then tracks live memory.
-    env = {**os.environ, "BGE_ICL_PREFIX_ATTENTION": attention, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    env = {**os.environ, **_attention_env(attention), "MALLOC_MMAP_THRESHOLD_": "65536"}
     code = f"import benchmarks.bench_prefix as b; b.memory_child({path!r}, {n_examples}, {rows})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -109,14 +120,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = checkpoint(Path(tmp))
         for n_examples in (2, 8):
-            for attention in ("shared", "copy"):
-                os.environ["BGE_ICL_PREFIX_ATTENTION"] = attention
+            for attention in ATTENTIONS:
+                os.environ.update(_attention_env(attention))
                 emb = embedder(path, n_examples)
                 emb.encode_queries(qs[:4])
                 rate = best_rate(lambda e=emb: e.encode_queries(qs), len(qs), args.repeats)
                 results[f"queries_per_s_{n_examples}ex_{attention}"] = round(rate, 1)
                 results[f"prefix_tokens_{n_examples}ex"] = emb.prefix_length
             os.environ.pop("BGE_ICL_PREFIX_ATTENTION")
+            os.environ.pop("BGE_ICL_CASCADE_KERNEL")
             emb = embedder(path, n_examples)
             emb.encode_queries(qs[:4])
             joint = emb.with_options(prefix_cache=False)
@@ -124,10 +136,12 @@ def main() -> None:
                 best_rate(lambda e=emb: e.tokenize_queries(qs), len(qs), args.repeats), 1)  # fmt: skip
             results[f"tokenize_per_s_{n_examples}ex_joint"] = round(
                 best_rate(lambda e=joint: e.tokenize_queries(qs), len(qs), args.repeats), 1)  # fmt: skip
-        for attention in ("shared", "copy"):  # one batch of `rows` queries: does memory grow with rows x prefix?
+        for attention in ATTENTIONS:  # one batch of `rows` queries: does memory grow with rows x prefix?
             for n_examples, rows in ((2, 256), (8, 256), (8, 64)):
                 growth = memory(path, n_examples, attention, rows=rows)["peak_growth_mib"]
                 results[f"peak_growth_mib_{rows}q_one_batch_{n_examples}ex_{attention}"] = round(growth, 1)
+    results["scaling_8ex_over_2ex_shared-explicit"] = round(
+        float(results["queries_per_s_8ex_shared-explicit"]) / float(results["queries_per_s_2ex_shared-explicit"]), 2)  # type: ignore[arg-type]  # fmt: skip
     results["scaling_8ex_over_2ex_shared"] = round(
         float(results["queries_per_s_8ex_shared"]) / float(results["queries_per_s_2ex_shared"]), 2)  # type: ignore[arg-type]  # fmt: skip
     print(json.dumps(results, indent=2))

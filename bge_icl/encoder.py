@@ -34,10 +34,12 @@ from bge_icl.options import (
     frozen_message,
     positive_int,
 )
+from bge_icl.precision import check_calibration, check_precision, quantize
 from bge_icl.prefix_cache import PrefixCache, SharedPrefix, attention_window
 from bge_icl.prompts import ICLExample, build_prefix, format_query, validate_examples
 from bge_icl.replicas import ReplicaPool
 from bge_icl.shared_prefix import shared_prefix_cost, supports_shared_prefix
+from bge_icl.st_compat import SentenceTransformersCompat
 from bge_icl.tokenization import PrefixSplit, QueryPlan, Tokenized
 from bge_icl.truncation import TruncationError, TruncationWarning, check_mode, report_truncation
 
@@ -69,7 +71,7 @@ class Stats:
     replica_rows: tuple[int, ...]
 
 
-class ICLEmbedder(FlagICLCompat):
+class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
     """bge-en-icl embeddings: few-shot (in-context) queries, plain passages, EOS pooling.
 
     Behaves like FlagEmbedding 1.4.2's ``FlagICLModel`` (same prompts, same truncation, same
@@ -371,9 +373,12 @@ class ICLEmbedder(FlagICLCompat):
         mode, show = call.get("on_truncation"), call.get("show_progress")
         on_truncation = o.on_truncation if mode is None else check_mode(mode)
         items, single = as_text_list(texts)
+        precision = check_precision(call.get("precision") or "float32")
+        calibration = check_calibration(precision, call.get("calibration"), self.dimension, len(items))
         tokenized, reported = self._tokenize(items, kind, limit)
         report_truncation(tokenized.truncated, len(items), kind, reported, on_truncation, stacklevel=3)
         vectors = self._run(tokenized.ids, kind, o.show_progress if show is None else show, rows)
+        vectors = quantize(vectors, precision, calibration)
         out = vectors if numpy else torch.from_numpy(vectors)
         return out[0] if single else out
 

@@ -282,3 +282,28 @@ def load_model(
         loaded = LoadedModel(model, prompt_tokenizer, torch.device(device), dtype, attn_implementation, key)
         _REGISTRY[key] = loaded
         return loaded
+
+
+def adopt_model(model: Any, tokenizer: Any, attn_implementation: str) -> LoadedModel:
+    """Register an already loaded ``model`` (a SentenceTransformer's, say) as :func:`load_model` would load it.
+
+    The key is the one :func:`load_model` computes for the model's path, device and dtype (replica 0, default
+    hub settings), so embedders built with those options, ``with_options`` copies included, use these weights
+    and load no second copy. The model is put in eval mode; it is not moved or cast.
+
+    Raises:
+        ValueError: The tokenizer has no EOS token.
+    """
+    name = str(model.config._name_or_path)
+    source = os.path.realpath(os.path.expanduser(name)) if os.path.isdir(os.path.expanduser(name)) else name
+    param = next(model.parameters())
+    device = resolve_devices(str(param.device))[0]
+    key = (source, device, param.dtype, attn_implementation, False, None, None, 0)
+    with _REGISTRY_LOCK:
+        found = _REGISTRY.get(key)
+        if found is not None and found.model is model:
+            return found
+        loaded = LoadedModel(model.eval(), PromptTokenizer(tokenizer), torch.device(device), param.dtype,
+                             attn_implementation, key)  # fmt: skip
+        _REGISTRY[key] = loaded
+        return loaded

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from bge_icl.loading import DTYPES, resolve_attention, resolve_dtype
+from bge_icl.precision import Precision
 from bge_icl.prompts import (
     DEFAULT_EXAMPLES_INSTRUCTION_FORMAT,
     DEFAULT_QUERY_INSTRUCTION_FORMAT,
@@ -71,10 +72,16 @@ class CallOptions(TypedDict, total=False):
     Attributes:
         show_progress: Override the embedder's ``show_progress`` for this call.
         on_truncation: Override the embedder's ``on_truncation`` for this call.
+        precision: ``"float32"`` (the default), ``"int8"``, ``"uint8"``, ``"binary"`` or ``"ubinary"``
+            (:mod:`bge_icl.precision`; needs ``bge-icl[sentence-transformers]``).
+        calibration: int8/uint8 ranges, shape (2, dimension), from
+            :func:`bge_icl.precision.calibration_ranges`; without it the call calibrates on its own vectors.
     """
 
     show_progress: bool | None
     on_truncation: OnTruncation | None
+    precision: Precision | None
+    calibration: np.ndarray | None
 
 
 class FrozenOptionError(AttributeError):

@@ -12,6 +12,11 @@ Hydragen and FlashInfer's cascade attention):
 - it attends to its own tail causally (padding masked);
 - the two softmax parts are merged exactly with a shared running maximum (log-sum-exp), in float32.
 
+On the CPU both parts run in torch's fused flash kernel, which returns each part's log-sum-exp
+(:func:`cascade_attention_fused`): no (rows, P) score matrix is held, and the merge weighs the two outputs by
+their log-sum-exps. Elsewhere (GPUs, until measured there) the explicit kernel (:func:`cascade_attention`)
+holds the scores in float32, in row chunks of at most :data:`SCORE_CHUNK` scores.
+
 The layers' own modules (norms, projections, rotary embedding, MLP) do the rest, so the weights and the
 math are the model's; only the attention kernel is replaced. Works on transformers 4.46 to 5.x for the
 Llama/Mistral decoder layout; other models use the copy path.
@@ -19,6 +24,7 @@ Llama/Mistral decoder layout; other models use the copy path.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +117,53 @@ def cascade_attention(
     return out.to(q.dtype).reshape(B, Hq, T, d)
 
 
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def fused_kernel_for(device: torch.device) -> bool:
+    """Whether :func:`cascade_attention_fused` runs on ``device``: on the CPU, where torch's flash kernel returns the
+    log-sum-exp (``BGE_ICL_CASCADE_KERNEL=explicit`` keeps :func:`cascade_attention`). GPUs keep the explicit
+    kernel until its fused counterpart has been measured there."""
+    return device.type == "cpu" and _FLASH_CPU is not None and os.environ.get("BGE_ICL_CASCADE_KERNEL") != "explicit"
+
+
+def cascade_attention_fused(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """:func:`cascade_attention` with torch's fused CPU flash kernel for both parts, merged by their log-sum-exps.
+
+    No (rows, P) score matrix is ever held: the kernel works in blocks. The tails must be right-padded: the causal
+    mask then keeps every real token off the padding after it (the padding rows' outputs are not used).
+
+    Args:
+        q: Query states, shape (B, Hq, T, d), rotary applied.
+        k: The tail's key states, shape (B, Hkv, T, d).
+        v: The tail's value states, shape (B, Hkv, T, d).
+        prefix_k: The prefix's key states, shape (Hkv, P, d), shared by every row.
+        prefix_v: The prefix's value states, shape (Hkv, P, d).
+        scale: Softmax scale.
+
+    Returns:
+        The attention output, shape (B, Hq, T, d), in ``q``'s dtype.
+    """
+    assert _FLASH_CPU is not None
+    B, Hq, T, d = q.shape
+    Hkv = prefix_k.shape[0]
+    G = Hq // Hkv
+    # Prefix part: (B, G, T) folded into the rows under each KV head, one "batch" of Hkv heads; nothing expanded.
+    rows = q.view(B, Hkv, G, T, d).permute(1, 0, 2, 3, 4).reshape(1, Hkv, B * G * T, d)  # (1, Hkv, BGT, d)
+    o_prefix, lse_prefix = _FLASH_CPU(rows, prefix_k[None], prefix_v[None], 0.0, False, attn_mask=None, scale=scale)[:2]
+    o_prefix = o_prefix.view(Hkv, B, G, T, d).permute(1, 0, 2, 3, 4).reshape(B, Hq, T, d).float()  # (B, Hq, T, d)
+    lse_prefix = lse_prefix.view(Hkv, B, G, T).permute(1, 0, 2, 3).reshape(B, Hq, T).float()  # (B, Hq, T)
+    # Tail part: causal over the row's own T tokens (small: repeating its KV heads costs little).
+    k_tail, v_tail = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)  # (B, Hq, T, d)
+    o_tail, lse_tail = _FLASH_CPU(q, k_tail, v_tail, 0.0, True, attn_mask=None, scale=scale)[:2]
+    m = torch.maximum(lse_prefix, lse_tail.float())  # (B, Hq, T)
+    w_prefix, w_tail = torch.exp(lse_prefix - m), torch.exp(lse_tail.float() - m)  # (B, Hq, T) each
+    out = (o_prefix * w_prefix[..., None] + o_tail.float() * w_tail[..., None]) / (w_prefix + w_tail)[..., None]
+    return out.to(q.dtype)  # (B, Hq, T, d)
+
+
 @torch.inference_mode()
 def forward_shared_prefix(
     model: Any, prefix: PrefixCache, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -135,6 +188,8 @@ def forward_shared_prefix(
     cos, sin = _rotary(model)(x, position_ids)  # each (B, T, d)
     causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
     allowed = causal[None] & attention_mask.bool()[:, None, :]  # (B, T, T)
+    fused = fused_kernel_for(x.device)
+    step = max(1, SCORE_CHUNK.get(x.device.type, 2**27) // (Hq * T * (P + T)))  # explicit kernel: rows per chunk
     for layer, (prefix_k, prefix_v) in zip(model.layers, prefix.layers, strict=True):
         attn = layer.self_attn
         d = int(attn.head_dim)
@@ -143,8 +198,7 @@ def forward_shared_prefix(
         k = attn.k_proj(h).view(B, T, Hkv, d).transpose(1, 2)  # (B, Hkv, T, d)
         v = attn.v_proj(h).view(B, T, Hkv, d).transpose(1, 2)  # (B, Hkv, T, d)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        step = max(1, SCORE_CHUNK.get(x.device.type, 2**27) // (Hq * T * (P + T)))  # rows per chunk
-        out = torch.cat([
+        out = cascade_attention_fused(q, k, v, prefix_k[0], prefix_v[0], d**-0.5) if fused else torch.cat([
             cascade_attention(q[i : i + step], k[i : i + step], v[i : i + step], prefix_k[0], prefix_v[0],
                               allowed[i : i + step], d**-0.5)
             for i in range(0, B, step)

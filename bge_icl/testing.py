@@ -7,7 +7,9 @@ The real weights cannot be fetched in CI, so tests, docs examples and benchmarks
   (ids 32000-32002), BOS and EOS added, ``<unk>`` as left padding. The ``tokenizer.json`` is built
   with the ``tokenizers`` library exactly as transformers 4.x converts the slow tokenizer, so
   transformers 4.x and 5.x tokenize identically.
-- :func:`build_checkpoint`: a ``MistralModel`` with that tokenizer and random weights (seeded).
+- :func:`build_checkpoint`: a ``MistralModel`` with that tokenizer and random weights (seeded), plus the
+  sentence-transformers files of the hub repo (:func:`write_sentence_transformers_files`), so
+  ``SentenceTransformer(path)`` loads it as it loads ``BAAI/bge-en-icl``.
 
 Needs the ``testing`` extra: ``pip install 'bge-icl[testing]'``.
 """
@@ -169,6 +171,29 @@ def mistral_config(**overrides: Any) -> Any:
     return MistralConfig(**values)
 
 
+def write_sentence_transformers_files(directory: str | os.PathLike[str], hidden_size: int) -> None:
+    """bge-en-icl's sentence-transformers configuration, as its hub repo ships it.
+
+    Modules Transformer + Pooling (``pooling_mode_lasttoken``, ``include_prompt`` true), no Normalize,
+    ``max_seq_length`` 32,768.
+    """
+    out = Path(directory)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
+    pooling: dict[str, Any] = {"word_embedding_dimension": hidden_size}
+    pooling.update({f"pooling_mode_{m}": m == "lasttoken" for m in modes})
+    pooling["include_prompt"] = True
+    (out / "modules.json").write_text(json.dumps(modules, indent=2), encoding="utf-8")
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 32768, "do_lower_case": False}, indent=2), encoding="utf-8"
+    )
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2), encoding="utf-8")
+
+
 def build_checkpoint(
     directory: str | os.PathLike[str], *, seed: int = 0, add_eos_token: bool = True, **config: Any
 ) -> Path:
@@ -196,4 +221,5 @@ def build_checkpoint(
     torch.manual_seed(seed)
     model = MistralModel(mistral_config(**config))
     model.save_pretrained(out)
+    write_sentence_transformers_files(out, model.config.hidden_size)
     return out

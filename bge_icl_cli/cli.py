@@ -1,4 +1,4 @@
-"""``bge-icl``: the command line (``bge-icl demo | embed | search``, also ``python -m bge_icl_cli``).
+"""``bge-icl``: the command line (``bge-icl demo | embed | search | evaluate``, also ``python -m bge_icl_cli``).
 
 Exit codes: 0 success; 1 bad input or usage (missing file, bad JSON, unknown option or example set, a
 missing optional dependency); 2 the model cannot be loaded; 130 interrupted. Usage and input errors are one
@@ -13,8 +13,6 @@ point exits 130 without a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.resources
 import json
 import os
 import re
@@ -24,40 +22,33 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample, validate_examples
+from bge_icl.prompts import WEB_SEARCH_INSTRUCTION
 from bge_icl.truncation import TruncationWarning
+from bge_icl_cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    cli_words,
+    data_file,
+    jsonl_records,
+    load_embedder,
+    load_examples,
+    model_options,
+    prompt_options,
+    read_text,
+    require,
+)
+from bge_icl_cli.evaluate import add_evaluate_parser
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from bge_icl.encoder import ICLEmbedder
 
-DEFAULT_MODEL = "BAAI/bge-en-icl"
-EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 130
 SEARCH_SUFFIXES = (".txt", ".md")
 INPUT_SUFFIXES = (".txt", ".jsonl")
 # Folders `search` skips unless --include-hidden: hidden ones (a leading dot) and these dependency/build folders.
 SKIPPED_FOLDERS = frozenset({"node_modules", "venv", "env", "site-packages", "__pycache__", "build", "dist"})
-# Python parameter names in core messages -> the CLI option a user types.
-CLI_NAMES = {
-    "query_max_length": "--max-length",
-    "passage_max_length": "--max-length",
-    "max_length": "--max-length",
-    "batch_size": "--batch-size",
-    "devices": "--devices",
-    "dtype": "--dtype",
-    "model_name": "--model",
-    "examples_for_task": "--examples",
-    "query_instruction_for_retrieval": "--instruction",
-}
-
-
-class CliError(Exception):
-    """A user-facing error: one line for stderr and the exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,70 +61,10 @@ class _Parser(argparse.ArgumentParser):
 # -- bundled data ---------------------------------------------------------------------------------
 
 
-def _data_file(*parts: str) -> Any:
-    return importlib.resources.files("bge_icl").joinpath("data", *parts)
-
-
-def bundled_example_sets() -> list[str]:
-    """Names of the example sets shipped with the package (``bge_icl/data/examples/*.json``)."""
-    folder = _data_file("examples")
-    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
-
-
 def sample_corpus() -> list[dict[str, str]]:
     """The demo's bundled passages: ``[{"id": ..., "text": ...}, ...]``."""
-    text = _data_file("sample_corpus.jsonl").read_text(encoding="utf-8")
+    text = data_file("sample_corpus.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def load_examples(spec: str | None, default_instruct: str | None = WEB_SEARCH_INSTRUCTION) -> list[ICLExample] | None:
-    """``--examples``: a JSON file (a list of ``{instruct?, query, response}``) or a bundled set's name.
-
-    Raises:
-        CliError: The file is missing or not valid JSON, the examples are malformed, or the name is unknown.
-    """
-    if spec is None:
-        return None
-    path = Path(spec).expanduser()
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            raise CliError(f"cannot read examples file {spec}: {e}") from e
-        except json.JSONDecodeError as e:
-            raise CliError(f"examples file {spec} is not valid JSON: {e}") from e
-        source = f"examples file {spec}"
-    elif spec in bundled_example_sets():
-        data = json.loads(_data_file("examples", f"{spec}.json").read_text(encoding="utf-8"))
-        source = f"example set {spec!r}"
-    elif spec.endswith(".json") or "/" in spec or path.suffix:
-        raise CliError(f"examples file {spec} does not exist")
-    else:
-        names = ", ".join(bundled_example_sets())
-        raise CliError(f"unknown example set {spec!r}: bundled sets are {names}; or pass a JSON file path")
-    try:
-        return list(validate_examples(data, default_instruct))
-    except (TypeError, ValueError) as e:
-        hint = 'expected a JSON list of {"instruct", "query", "response"} objects'
-        raise CliError(f"{source}: {e}; {hint}") from e
-
-
-# -- input and output files ---------------------------------------------------------------------
-
-
-def _read_text(path_str: str) -> str:
-    """The text of a file (a UTF-8 BOM dropped), or of standard input for ``-``."""
-    if path_str == "-":
-        return sys.stdin.read().removeprefix("\ufeff")
-    path = Path(path_str)
-    if path.is_dir():
-        raise CliError(f"input {path_str} is a directory, expected a file")
-    if not path.is_file():
-        raise CliError(f"input file {path_str} does not exist")
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise CliError(f"cannot read {path_str}: {e}") from e
 
 
 def input_format(path_str: str, given: str | None = None) -> str:
@@ -154,23 +85,14 @@ def read_texts(path_str: str, field: str = "text", fmt: str | None = None) -> tu
     ``-`` reads standard input. Ids are a JSONL record's ``id`` when it has one, else the 1-based line number.
     """
     kind = input_format(path_str, fmt)
-    lines = _read_text(path_str).splitlines()
+    text = read_text(path_str)
     where = "stdin" if path_str == "-" else path_str
     texts: list[str] = []
     ids: list[Any] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if kind == "txt":
-            texts.append(line)
-            ids.append(number)
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CliError(f"{where} line {number} is not valid JSON: {e}") from e
-        if not isinstance(record, dict):
-            raise CliError(f"{where} line {number} is a JSON {type(record).__name__}, expected an object")
+    if kind == "txt":
+        numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        return [line for _, line in numbered] or _no_texts(where), [n for n, _ in numbered]
+    for number, record in jsonl_records(text, where):
         if field not in record:
             fields = ", ".join(sorted(record)) or "none"
             raise CliError(f"{where} line {number} has no field {field!r} (fields: {fields}); use --field NAME")
@@ -179,9 +101,11 @@ def read_texts(path_str: str, field: str = "text", fmt: str | None = None) -> tu
             raise CliError(f"{where} line {number}: field {field!r} is {kind_name}, expected a string")
         texts.append(record[field])
         ids.append(record.get("id", number))
-    if not texts:
-        raise CliError(f"{where} has no texts")
-    return texts, ids
+    return texts or _no_texts(where), ids
+
+
+def _no_texts(where: str) -> NoReturn:
+    raise CliError(f"{where} has no texts")
 
 
 def _check_output(path_str: str) -> Path:
@@ -194,11 +118,12 @@ def _check_output(path_str: str) -> Path:
 
 
 def write_vectors(path: Path, ids: Sequence[Any], vectors: np.ndarray) -> None:
-    """``.npy``: the (N, dim) float32 matrix; ``.jsonl``: ``{"id": ..., "vector": [...]}`` per line."""
+    """``.npy``: the (N, dim) matrix in its dtype (float32, or int8/uint8 with ``--precision``); ``.jsonl``:
+    ``{"id": ..., "vector": [...]}`` per line."""
     import numpy as np
 
     if path.suffix == ".npy":
-        np.save(path, vectors.astype(np.float32, copy=False))
+        np.save(path, vectors if vectors.dtype in (np.int8, np.uint8) else vectors.astype(np.float32, copy=False))
         return
     with path.open("w", encoding="utf-8") as f:
         for i, row in zip(ids, vectors, strict=True):
@@ -206,41 +131,6 @@ def write_vectors(path: Path, ids: Sequence[Any], vectors: np.ndarray) -> None:
 
 
 # -- the model --------------------------------------------------------------------------------------
-
-
-def _devices(value: str | None) -> str | int | None:
-    return int(value) if value is not None and value.isdigit() else value
-
-
-def cli_words(message: str) -> str:
-    """A core message in the CLI's words: one line, option names as typed (``devices='cpu'`` -> ``--devices cpu``).
-
-    Example:
-        >>> cli_words("batch_size must be a positive int, got 0; use devices='cpu'")
-        '--batch-size must be a positive int, got 0; use --devices cpu'
-    """
-    names = "|".join(sorted(CLI_NAMES, key=len, reverse=True))
-    quoted = rf"(?<![\w.-])({names})='([^']*)'(?=[;,)\s]|$)"
-    message = re.sub(quoted, lambda m: f"{CLI_NAMES[m.group(1)]} {m.group(2)}", message)
-    message = re.sub(rf"(?<![\w.-])({names})\b", lambda m: CLI_NAMES[m.group(1)], message)
-    return " ".join(message.split())
-
-
-def load_embedder(args: argparse.Namespace, **options: Any) -> ICLEmbedder:
-    """Build the ``ICLEmbedder``; a model that cannot be loaded is exit 2, bad options exit 1."""
-    from bge_icl.encoder import ICLEmbedder
-
-    if args.quiet:
-        options["show_progress"] = False  # no loading bar, no encoding bar
-    try:
-        return ICLEmbedder(args.model, devices=_devices(args.devices), dtype=args.dtype, **options)
-    except OSError as e:
-        one_line = " ".join(str(e).split())
-        raise CliError(f"{one_line} Or pass --model PATH to a local checkpoint directory.", EXIT_MODEL) from e
-    except (TypeError, ValueError) as e:
-        errors = getattr(e, "errors", None)  # a pydantic ValidationError: its messages without the frame
-        text = "; ".join(str(x["msg"]).removeprefix("Value error, ") for x in errors()) if errors else str(e)
-        raise CliError(cli_words(text)) from e
 
 
 def _encode_reporting_truncation(encode: Callable[[list[str]], Any], texts: list[str]) -> np.ndarray:
@@ -260,13 +150,6 @@ def _encode_reporting_truncation(encode: Callable[[list[str]], Any], texts: list
     return vectors
 
 
-def _require(module: str, what: str, extra: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise CliError(f"{what} needs {module.split('.')[0]}: pip install 'bge-icl[{extra}]'") from e
-
-
 def _snippet(text: str, width: int = 80) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 3] + "..."
@@ -279,11 +162,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The model card's 2x2 similarity matrix, then top-3 hits on the sample corpus from both adapters."""
     from bge_icl.quickstart import DOCUMENTS, EXAMPLES, QUERIES
 
-    lc_vectorstores = _require("langchain_core.vectorstores", "bge-icl demo", "all")
-    lc = _require("langchain_bge_icl", "bge-icl demo", "all")
-    li_core = _require("llama_index.core", "bge-icl demo", "all")
-    li_schema = _require("llama_index.core.schema", "bge-icl demo", "all")
-    li = _require("llamaindex_bge_icl", "bge-icl demo", "all")
+    lc_vectorstores = require("langchain_core.vectorstores", "bge-icl demo", "all")
+    lc = require("langchain_bge_icl", "bge-icl demo", "all")
+    li_core = require("llama_index.core", "bge-icl demo", "all")
+    li_schema = require("llama_index.core.schema", "bge-icl demo", "all")
+    li = require("llamaindex_bge_icl", "bge-icl demo", "all")
 
     core = load_embedder(args, examples_for_task=EXAMPLES, query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION)
     print(f"model: {args.model} ({core.device}, {str(core.dtype).removeprefix('torch.')}, dim {core.dimension})")
@@ -331,10 +214,45 @@ def cmd_embed(args: argparse.Namespace) -> int:
         **limit,
     )
     encode = emb.encode_queries if args.kind == "query" else emb.encode_corpus
-    vectors = _encode_reporting_truncation(encode, texts)
+    vectors = quantize_for_cli(_encode_reporting_truncation(encode, texts), args.precision, args.calibration)
     write_vectors(output, ids, vectors)
-    print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} {args.kind} vectors to {output}")
+    print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} {args.kind} vectors ({args.precision}) to {output}")
     return EXIT_OK
+
+
+def quantize_for_cli(vectors: np.ndarray, precision: str, calibration: str | None) -> np.ndarray:
+    """``--precision`` / ``--calibration``: an existing calibration file is read; a new one is written from these
+    vectors (so the corpus run writes it and the query run reuses it); none calibrates on these vectors alone."""
+    if precision == "float32":
+        if calibration is not None:
+            raise CliError("--calibration applies to --precision int8 and uint8")
+        return vectors
+    import numpy as np
+
+    from bge_icl.precision import calibration_ranges, quantize
+
+    ranges = None
+    if calibration is not None and precision in ("int8", "uint8"):
+        path = Path(calibration)
+        if path.is_file():
+            try:
+                ranges = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise CliError(f"{path}: not a calibration .npy file ({e})") from e
+        else:
+            if vectors.shape[0] < 2:
+                raise CliError(f"--calibration {path} does not exist, and one vector cannot calibrate {precision}")
+            ranges = calibration_ranges(vectors)
+            np.save(path, ranges)
+            print(f"bge-icl: wrote the {precision} calibration (per-dimension min and max) to {path}", file=sys.stderr)
+    elif calibration is not None:
+        raise CliError("--calibration applies to --precision int8 and uint8")
+    try:
+        return quantize(vectors, precision, ranges)  # type: ignore[arg-type]
+    except ImportError as e:
+        raise CliError(str(e)) from e
+    except ValueError as e:
+        raise CliError(cli_words(str(e))) from e
 
 
 def _skipped(folder: Path, include_hidden: bool) -> bool:
@@ -395,7 +313,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise CliError(f"--chunk-size must be positive, got {args.chunk_size}")
     if not 0 <= args.chunk_overlap < args.chunk_size:
         raise CliError(f"--chunk-overlap must be between 0 and --chunk-size - 1, got {args.chunk_overlap}")
-    splitters = _require("langchain_text_splitters", "bge-icl search", "langchain")
+    splitters = require("langchain_text_splitters", "bge-icl search", "langchain")
     files = search_files(args.paths, args.include_hidden)
     examples = load_examples(args.examples, args.instruction)
     splitter = splitters.RecursiveCharacterTextSplitter(chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap)
@@ -417,30 +335,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 # -- the parser ---------------------------------------------------------------------------------------
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint directory (default {DEFAULT_MODEL})"
-    )
-    p.add_argument("--devices", default=None, help="cpu, cuda:0 or a GPU index (default: first GPU, else CPU)")
-    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), float16, bfloat16, float32")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (model loading included)")
-
-
-def _prompt_options(p: argparse.ArgumentParser) -> None:
-    names = ", ".join(bundled_example_sets())
-    p.add_argument(
-        "--examples", default=None, help=f"few-shot examples: a JSON file or a bundled set ({names}); default zero-shot"
-    )
-    p.add_argument("--instruction", default=WEB_SEARCH_INSTRUCTION, help="task instruction put before each query")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``bge-icl`` argument parser."""
     parser = _Parser(prog="bge-icl", description="BAAI/bge-en-icl in-context-learning embeddings.")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,embed,search}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{demo,embed,search,evaluate}", required=True)
 
     demo = sub.add_parser("demo", help="the model card's example, then a small corpus through LangChain and LlamaIndex")
-    _model_options(demo)
+    model_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     embed = sub.add_parser("embed", help="embed a .txt/.jsonl file into .npy or .jsonl")
@@ -457,8 +358,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-length", type=int, default=None, help="token limit (query_/passage_max_length, default 512)"
     )
     embed.add_argument("--batch-size", type=int, default=32, help="most texts per forward pass (default 32)")
-    _prompt_options(embed)
-    _model_options(embed)
+    embed.add_argument(
+        "--precision",
+        choices=("float32", "int8", "uint8", "binary", "ubinary"),
+        default="float32",
+        help="output precision (int8/uint8/binary/ubinary need bge-icl[sentence-transformers]; default float32)",
+    )
+    embed.add_argument(
+        "--calibration",
+        default=None,
+        help="int8/uint8 ranges .npy: read if it exists, else written from these vectors (default: calibrate on them)",
+    )
+    prompt_options(embed)
+    model_options(embed)
     embed.set_defaults(func=cmd_embed)
 
     search = sub.add_parser("search", help="chunk .txt/.md files and print the chunks closest to a query")
@@ -472,9 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"also read hidden folders and {', '.join(sorted(SKIPPED_FOLDERS))} (skipped by default)",
     )
-    _prompt_options(search)
-    _model_options(search)
+    prompt_options(search)
+    model_options(search)
     search.set_defaults(func=cmd_search)
+
+    add_evaluate_parser(sub)
     return parser
 
 

@@ -25,3 +25,10 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_no_eos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same weights as ``tiny_dir``, but a tokenizer saved with ``add_eos_token=False``."""
     return build_checkpoint(tmp_path_factory.mktemp("tiny-bge-icl-no-eos"), seed=0, add_eos_token=False)
+
+
+@pytest.fixture(scope="session")
+def st_model(tiny_dir: Path):  # type: ignore[no-untyped-def]
+    """``SentenceTransformer(tiny_dir)``: the tiny checkpoint through the hub repo's sentence-transformers files."""
+    st = pytest.importorskip("sentence_transformers")
+    return st.SentenceTransformer(str(tiny_dir), device="cpu")

@@ -26,6 +26,11 @@ _OPTIONAL = {
     "ray_bge_icl": "ray.data",
     "langchain_classic": "langchain_classic",
     "faiss": "faiss",
+    "mteb": "mteb",
+    "mteb_bge_icl": "mteb",
+    "bge_icl.evaluation": "pytrec_eval",
+    "sentence_transformers": "sentence_transformers",
+    "bge_icl.precision": "sentence_transformers",
 }
 
 

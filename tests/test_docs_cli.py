@@ -12,6 +12,7 @@ import pytest
 
 from bge_icl_cli.cli import main
 from tests.conftest import NOTEBOOK_EXAMPLES
+from tests.retrieval_data import write_beir
 
 ROOT = Path(__file__).resolve().parent.parent
 _BASH = re.compile(r"^```bash[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -59,12 +60,13 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "README.md").write_text("bge-icl runs without a GPU, only slower.\n")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "protein.txt").write_text("Women need about 46 grams of protein a day.\n")
+    write_beir(tmp_path)  # queries.jsonl, corpus.jsonl, qrels.tsv
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 def test_docs_show_every_subcommand() -> None:
-    assert {argv[0] for _, argv in COMMANDS} >= {"demo", "embed", "search"}
+    assert {argv[0] for _, argv in COMMANDS} >= {"demo", "embed", "search", "evaluate"}
 
 
 @pytest.mark.parametrize(("page", "argv"), COMMANDS, ids=[f"{p}:{' '.join(a)[:50]}" for p, a in COMMANDS])
@@ -74,6 +76,8 @@ def test_documented_command_runs(page: str, argv: list[str], workdir: Path, tiny
         pytest.importorskip("llama_index.core")
     if argv[0] == "search":
         pytest.importorskip("langchain_text_splitters")
+    if argv[0] == "evaluate":
+        pytest.importorskip("pytrec_eval")
     assert main(with_tiny_model(argv, tiny_dir)) == 0
     if "-o" in argv:
         assert (workdir / argv[argv.index("-o") + 1]).stat().st_size > 0

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from bge_icl import ICLEmbedder
 from bge_icl.batching import BatchQueue
-from bge_icl.shared_prefix import cascade_attention, shared_prefix_cost
+from bge_icl.shared_prefix import cascade_attention, cascade_attention_fused, fused_kernel_for, shared_prefix_cost
 from tests.bge_icl.cases import LONG_QUERY, QUERIES, UNICODE, WEB
 from tests.conftest import NOTEBOOK_EXAMPLES
 
@@ -37,7 +37,10 @@ def short_pair(pair: tuple[ICLEmbedder, ICLEmbedder]) -> tuple[ICLEmbedder, ICLE
     return pair[0].with_options(query_max_length=24), pair[1].with_options(query_max_length=24)
 
 
-def test_cascade_attention_equals_softmax_over_the_concatenation() -> None:
+@pytest.mark.parametrize("kernel", ["explicit", "fused"])
+def test_cascade_attention_equals_softmax_over_the_concatenation(kernel: str) -> None:
+    if kernel == "fused" and not fused_kernel_for(torch.device("cpu")):
+        pytest.skip("this torch has no fused CPU flash kernel")
     torch.manual_seed(0)
     B, Hq, Hkv, T, P, d = 3, 8, 2, 5, 7, 4
     q, k, v = torch.randn(B, Hq, T, d), torch.randn(B, Hkv, T, d), torch.randn(B, Hkv, T, d)
@@ -45,7 +48,10 @@ def test_cascade_attention_equals_softmax_over_the_concatenation() -> None:
     lengths = torch.tensor([5, 3, 1])
     real = torch.arange(T)[None] < lengths[:, None]  # (B, T), right padding
     allowed = torch.ones(T, T, dtype=torch.bool).tril()[None] & real[:, None, :]
-    got = cascade_attention(q, k, v, pk, pv, allowed, d**-0.5)
+    if kernel == "fused":
+        got = cascade_attention_fused(q, k, v, pk, pv, d**-0.5)
+    else:
+        got = cascade_attention(q, k, v, pk, pv, allowed, d**-0.5)
     # Brute force: repeat the KV heads, concatenate prefix and tail, one masked softmax.
     keys = torch.cat([pk[None].expand(B, -1, -1, -1), k], dim=2).repeat_interleave(Hq // Hkv, dim=1)
     values = torch.cat([pv[None].expand(B, -1, -1, -1), v], dim=2).repeat_interleave(Hq // Hkv, dim=1)
@@ -55,10 +61,14 @@ def test_cascade_attention_equals_softmax_over_the_concatenation() -> None:
     assert torch.allclose(got[real[:, None, :].expand(B, Hq, T)], want[real[:, None, :].expand(B, Hq, T)], atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", ["explicit", "default"])
 @pytest.mark.parametrize("kind", ["short", "truncated"])
 def test_shared_prefix_vectors_equal_the_whole_prompt(
-    pair: tuple[ICLEmbedder, ICLEmbedder], short_pair: tuple[ICLEmbedder, ICLEmbedder], kind: str
+    pair: tuple[ICLEmbedder, ICLEmbedder], short_pair: tuple[ICLEmbedder, ICLEmbedder], kind: str, kernel: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if kernel == "explicit":
+        monkeypatch.setenv("BGE_ICL_CASCADE_KERNEL", "explicit")  # the default on CPU is the fused one
     cached, full = pair if kind == "short" else short_pair
     texts = [*QUERIES, *UNICODE, LONG_QUERY, "x", "x " * 40]
     hits = cached.stats.prefix_hits

@@ -14,7 +14,8 @@ import pytest
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
 from bge_icl.quickstart import DOCUMENTS, EXAMPLES, QUERIES
-from bge_icl_cli.cli import bundled_example_sets, load_examples, main, sample_corpus
+from bge_icl_cli.cli import main, sample_corpus
+from bge_icl_cli.common import bundled_example_sets, load_examples
 
 CPU = ["--devices", "cpu"]
 

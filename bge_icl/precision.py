@@ -1,0 +1,121 @@
+"""Compact output precisions: int8, uint8, binary and ubinary vectors, through sentence-transformers.
+
+``encode_queries`` / ``encode_corpus`` / ``encode_query`` / ``encode_document`` take ``precision=`` and hand
+the float32 vectors to ``sentence_transformers``' ``quantize_embeddings``, so a vector store that already holds
+sentence-transformers' quantized vectors gets the same bytes. sentence-transformers is imported only when a
+precision other than ``"float32"`` is asked for (extra ``bge-icl[sentence-transformers]``).
+
+Calibration (``int8`` / ``uint8``): each dimension's ``[min, max]`` range is cut into 256 equal buckets.
+The ranges are a ``(2, dimension)`` array: pass ``calibration=`` (computed once by :func:`calibration_ranges`
+from a representative sample of float32 vectors, e.g. a few thousand passages) so every call, queries and
+passages alike, uses the same buckets. Without it the ranges come from the call's own vectors, as
+sentence-transformers does, which makes vectors of different calls incomparable; a call of one text then
+refuses. ``binary`` / ``ubinary`` need no calibration: one bit per dimension (``> 0``), packed 8 to a byte.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Literal
+
+import numpy as np
+
+Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
+PRECISIONS: tuple[Precision, ...] = ("float32", "int8", "uint8", "binary", "ubinary")
+EXTRA_HINT = "pip install 'bge-icl[sentence-transformers]'"
+
+
+def check_precision(precision: object) -> Precision:
+    """``precision`` if valid, else ValueError naming the valid ones."""
+    if precision not in PRECISIONS:
+        msg = f"precision={precision!r} is not supported; valid: {PRECISIONS}"
+        raise ValueError(msg)
+    return precision
+
+
+def bytes_per_vector(precision: Precision, dimension: int) -> int:
+    """Storage of one vector: 4 bytes a dimension in float32, 1 in (u)int8, 1 bit in (u)binary.
+
+    Example:
+        >>> [bytes_per_vector(p, 4096) for p in PRECISIONS]
+        [16384, 4096, 4096, 512, 512]
+    """
+    check_precision(precision)
+    if precision == "float32":
+        return 4 * dimension
+    return dimension if precision.endswith("int8") else (dimension + 7) // 8
+
+
+def calibration_ranges(vectors: np.ndarray) -> np.ndarray:
+    """The int8/uint8 calibration of ``vectors`` (float32, shape (N, D), N >= 2): per-dimension min and max.
+
+    Returns:
+        float32 array, shape (2, D), to pass as ``calibration=`` (and to save beside an int8 index).
+    """
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim != 2 or v.shape[0] < 2:
+        msg = f"calibration needs float vectors of shape (N >= 2, dimension); got shape {v.shape}"
+        raise ValueError(msg)
+    return np.vstack((v.min(axis=0), v.max(axis=0)))  # (2, D)
+
+
+def _quantize_embeddings() -> Any:
+    for module in ("sentence_transformers.util.quantization", "sentence_transformers.quantization"):  # 6.x, 5.x
+        try:
+            return importlib.import_module(module).quantize_embeddings
+        except ImportError:
+            continue
+    msg = f"precision other than 'float32' uses sentence-transformers' quantize_embeddings; install it: {EXTRA_HINT}"
+    raise ImportError(msg)
+
+
+def check_calibration(
+    precision: Precision, calibration: np.ndarray | None, dimension: int, rows: int
+) -> np.ndarray | None:
+    """Validate ``calibration`` for ``rows`` vectors of ``dimension`` before any work; float32 ranges or None."""
+    if calibration is None:
+        if precision.endswith("int8") and rows == 1:
+            msg = (
+                f"precision={precision!r} of a single text needs calibration=: ranges from calibration_ranges() "
+                "over a sample of float32 vectors (the passages, say)"
+            )
+            raise ValueError(msg)
+        return None
+    if not precision.endswith("int8"):
+        msg = f"calibration= applies to precision 'int8' and 'uint8', not {precision!r}"
+        raise ValueError(msg)
+    ranges = np.asarray(calibration, dtype=np.float32)
+    if ranges.shape != (2, dimension):
+        msg = (
+            f"calibration must have shape (2, {dimension}) (per-dimension min and max, see "
+            f"calibration_ranges); got {ranges.shape}"
+        )
+        raise ValueError(msg)
+    return ranges
+
+
+def quantize(vectors: np.ndarray, precision: Precision, calibration: np.ndarray | None = None) -> np.ndarray:
+    """``vectors`` (float32, (N, D)) in ``precision``.
+
+    Args:
+        vectors: float32 embeddings, shape (N, D).
+        precision: One of :data:`PRECISIONS`.
+        calibration: int8/uint8 only: ranges of shape (2, D) from :func:`calibration_ranges`.
+
+    Returns:
+        float32 (N, D); int8 / uint8 (N, D); binary (int8) / ubinary (uint8) (N, ceil(D / 8)).
+
+    Raises:
+        ValueError: An unknown precision, a calibration of the wrong shape, or int8/uint8 asked of one
+            text without a calibration.
+        ImportError: sentence-transformers is not installed (any precision but float32).
+
+    Example:
+        >>> quantize(np.array([[0.5, -0.1, 0.2, 0.0]] * 2, dtype=np.float32), "ubinary")  # doctest: +SKIP
+        array([[160], [160]], dtype=uint8)
+    """
+    ranges = check_calibration(check_precision(precision), calibration, vectors.shape[1], vectors.shape[0])
+    if precision == "float32" or vectors.shape[0] == 0:
+        return vectors
+    out: np.ndarray = _quantize_embeddings()(vectors, precision=precision, ranges=ranges)
+    return out

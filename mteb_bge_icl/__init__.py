@@ -1,0 +1,27 @@
+"""MTEB 2.x: run bge-en-icl the way it was meant to run, each task with its instruction and few-shot examples.
+
+MTEB registers ``BAAI/bge-en-icl`` with its plain sentence-transformers loader and ``use_instructions=False``, so an
+MTEB run gives the model neither an instruction nor examples. :class:`BgeIclMtebModel` wraps an
+:class:`~bge_icl.ICLEmbedder` and gives each task the instruction and examples you name for it.
+
+Needs the ``mteb`` extra: ``pip install 'bge-icl[mteb]'``.
+
+Example:
+    >>> import mteb  # doctest: +SKIP
+    >>> model = BgeIclMtebModel(ICLEmbedder("BAAI/bge-en-icl"), tasks="task-examples.json")  # doctest: +SKIP
+    >>> result = mteb.evaluate(model, mteb.get_tasks(tasks=["SciFact"]))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+try:
+    import mteb  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised only without mteb
+    msg = (
+        f"mteb_bge_icl needs MTEB 2.x, which could not be imported ({e}); install it with: pip install 'bge-icl[mteb]'"
+    )
+    raise ImportError(msg) from e
+
+from mteb_bge_icl.model import TASK_KEYS, BgeIclMtebModel, load_task_prompts
+
+__all__ = ["TASK_KEYS", "BgeIclMtebModel", "load_task_prompts"]

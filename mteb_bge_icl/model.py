@@ -1,0 +1,147 @@
+"""``BgeIclMtebModel``: an MTEB 2.x encoder that embeds each task's queries with its instruction and examples."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from mteb import get_model_meta
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.types import PromptType
+
+from bge_icl.encoder import ICLEmbedder
+from bge_icl.prompts import validate_examples
+
+if TYPE_CHECKING:
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from mteb.models.model_meta import ModelMeta
+    from torch.utils.data import DataLoader
+
+REGISTERED = "BAAI/bge-en-icl"
+TASK_KEYS = ("instruction", "examples")
+TaskPrompts = Mapping[str, Mapping[str, Any]]
+
+
+def load_task_prompts(source: TaskPrompts | str | os.PathLike[str] | None) -> dict[str, dict[str, Any]]:
+    """``{task name: {"instruction"?: str, "examples"?: [{"instruct"?, "query", "response"}, ...]}}``, checked.
+
+    Args:
+        source: The mapping, a JSON file holding it, or None (no task has its own: zero-shot, MTEB's prompts).
+
+    Raises:
+        OSError: The file cannot be read.
+        ValueError: Not valid JSON, an unknown key, or malformed examples (the task is named).
+        TypeError: A value of the wrong type.
+    """
+    if source is None:
+        return {}
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            source = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            msg = f"task prompts file {path} is not valid JSON: {e}"
+            raise ValueError(msg) from e
+    if not isinstance(source, Mapping):
+        msg = f"task prompts must map task names to {{'instruction', 'examples'}}, got {type(source).__name__}"
+        raise TypeError(msg)
+    checked: dict[str, dict[str, Any]] = {}
+    for name, spec in source.items():
+        if not isinstance(spec, Mapping):
+            msg = f"task {name!r}: expected an object with keys {TASK_KEYS}, got {type(spec).__name__}"
+            raise TypeError(msg)
+        unknown = sorted(set(spec) - set(TASK_KEYS))
+        if unknown:
+            msg = f"task {name!r} has unknown key(s) {unknown}; valid keys are {TASK_KEYS}"
+            raise ValueError(msg)
+        instruction = spec.get("instruction")
+        if instruction is not None and not isinstance(instruction, str):
+            msg = f"task {name!r}: 'instruction' is {type(instruction).__name__}, expected str"
+            raise TypeError(msg)
+        try:  # an example without "instruct" takes the task's instruction, known only when the task runs
+            validate_examples(spec.get("examples"), instruction or "the task's instruction")
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"task {name!r}: {e}") from e
+        checked[str(name)] = {key: spec[key] for key in TASK_KEYS if spec.get(key) is not None}
+    return checked
+
+
+class BgeIclMtebModel(AbsEncoder):
+    """bge-en-icl for ``mteb.evaluate``: each task's queries get its instruction and its few-shot examples.
+
+    For a task named in ``tasks``, queries are embedded with its ``"instruction"`` (else MTEB's prompt for the
+    task) and its ``"examples"`` (else zero-shot); other tasks run zero-shot with MTEB's prompt, as bge-en-icl
+    was evaluated. Documents (``PromptType.document``) are embedded as they are, the same vectors for every
+    task; texts of symmetric tasks (STS, classification, clustering: no prompt type) are embedded as queries.
+    The per-task embedders share the loaded weights (:meth:`~bge_icl.ICLEmbedder.with_options`) and are cached
+    by task name. MTEB's ``batch_size`` is ignored (the embedder batches by its token budget);
+    ``show_progress_bar`` is honoured.
+
+    Args:
+        embedder: The embedder; its passage options (model, dtype, ``passage_max_length``, ...) are used as they are.
+        tasks: Task prompts (see :func:`load_task_prompts`): a mapping, a JSON file, or None.
+
+    Example:
+        >>> model = BgeIclMtebModel(ICLEmbedder("BAAI/bge-en-icl"), tasks={
+        ...     "SciFact": {"instruction": "Given a scientific claim, retrieve documents that support or refute it.",
+        ...                 "examples": [{"query": "...", "response": "..."}]}})  # doctest: +SKIP
+        >>> mteb.evaluate(model, mteb.get_tasks(tasks=["SciFact"]))  # doctest: +SKIP
+    """
+
+    def __init__(self, embedder: ICLEmbedder, tasks: TaskPrompts | str | os.PathLike[str] | None = None) -> None:
+        self.model = embedder
+        self.task_prompts = load_task_prompts(tasks)
+        self.mteb_model_meta = _model_meta(embedder, self.task_prompts)
+        self._embedders: dict[tuple[str, str | None], ICLEmbedder] = {}
+
+    @classmethod
+    def load(cls, model_name: str = REGISTERED, revision: str | None = None, *, device: str | None = None,
+             tasks: TaskPrompts | str | os.PathLike[str] | None = None, **options: Any) -> BgeIclMtebModel:  # fmt: skip
+        """Load the model (the shape of MTEB's loaders); ``**options`` are :class:`~bge_icl.EmbedderOptions`."""
+        return cls(ICLEmbedder(model_name, revision=revision, devices=device, **options), tasks)
+
+    def embedder_for(self, task_metadata: TaskMetadata, prompt_type: PromptType | None = None) -> ICLEmbedder:
+        """The embedder for a task's queries: its instruction and examples (cached by task name)."""
+        key = (task_metadata.name, prompt_type.value if prompt_type else None)
+        if key not in self._embedders:
+            spec = self.task_prompts.get(task_metadata.name, {})
+            instruction = spec.get("instruction") or self.get_instruction(task_metadata, prompt_type) or None
+            self._embedders[key] = self.model.with_options(
+                query_instruction_for_retrieval=instruction, examples_for_task=spec.get("examples")
+            )
+        return self._embedders[key]
+
+    def encode(self, inputs: DataLoader[Any], *, task_metadata: TaskMetadata, hf_split: str, hf_subset: str,
+               prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:  # fmt: skip
+        """Embed the ``"text"`` of every batch of ``inputs``: (N, dimension) float32."""
+        texts = [text for batch in inputs for text in batch["text"]]
+        show = kwargs.get("show_progress_bar")
+        call: dict[str, Any] = {} if show is None else {"show_progress": bool(show)}
+        if prompt_type == PromptType.document:
+            return np.asarray(self.model.encode_corpus(texts, convert_to_numpy=True, **call))
+        queries = self.embedder_for(task_metadata, prompt_type)
+        return np.asarray(queries.encode_queries(texts, convert_to_numpy=True, **call))
+
+
+def _model_meta(embedder: ICLEmbedder, task_prompts: dict[str, dict[str, Any]]) -> ModelMeta:
+    """MTEB's entry for bge-en-icl, marked as using instructions, with the task prompts' hash as the experiment
+    (so that its results never mix, in a result cache, with the plain sentence-transformers run's)."""
+    registered = get_model_meta(REGISTERED)
+    source = embedder.model_name_or_path
+    same = source == REGISTERED
+    digest = hashlib.sha256(json.dumps(task_prompts, sort_keys=True).encode()).hexdigest()[:12]
+    return registered.model_copy(
+        update={
+            "loader": None,
+            "name": REGISTERED if same else f"local/{Path(source).name}",
+            "revision": embedder.options.revision or (registered.revision if same else None),
+            "embed_dim": embedder.dimension,
+            "use_instructions": True,
+            "experiment_kwargs": {"bge_icl_task_prompts": digest if task_prompts else "none"},
+        }
+    )

@@ -1,0 +1,23 @@
+"""BgeIclEmbedding on an already loaded SentenceTransformer: its weights, sentence-transformers' passage vectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bge_icl import ICLEmbedder
+from llamaindex_bge_icl import BgeIclEmbedding
+from tests.conftest import NOTEBOOK_DOCUMENTS, NOTEBOOK_EXAMPLES, NOTEBOOK_QUERIES
+
+
+def test_built_from_a_sentence_transformer(st_model: Any) -> None:
+    core = ICLEmbedder.from_sentence_transformer(st_model, examples_for_task=NOTEBOOK_EXAMPLES)
+    embeddings = BgeIclEmbedding.from_embedder(core)
+    assert embeddings.embedder.model is st_model[0].auto_model  # no second copy of the weights
+    reference = st_model.encode(NOTEBOOK_DOCUMENTS, normalize_embeddings=True)
+    np.testing.assert_allclose(embeddings.get_text_embedding_batch(NOTEBOOK_DOCUMENTS), reference, atol=1e-5)
+    query = embeddings.get_query_embedding(NOTEBOOK_QUERIES[0])
+    np.testing.assert_allclose(query, core.encode_query(NOTEBOOK_QUERIES[0]), atol=1e-6)
+    assert len(embeddings.examples_for_task or ()) == len(NOTEBOOK_EXAMPLES)  # the adapter reports the options
+
