@@ -228,6 +228,27 @@ def load_replicas(
     ]
 
 
+def model_source(model_name_or_path: str) -> str:
+    """What a model name loads: the resolved local directory (``~`` and symlinks resolved) if it is one, else the
+    name as given (a hub id)."""
+    resolved = os.path.realpath(os.path.expanduser(model_name_or_path))
+    return resolved if os.path.isdir(resolved) else model_name_or_path
+
+
+def registry_key(
+    source: str,
+    device: str,
+    dtype: torch.dtype,
+    attn_implementation: str,
+    trust_remote_code: bool = False,
+    cache_dir: str | None = None,
+    revision: str | None = None,
+    replica: int = 0,
+) -> tuple[Any, ...]:
+    """The weight registry's key: two loads with equal keys share one :class:`LoadedModel`."""
+    return (source, device, dtype, attn_implementation, trust_remote_code, cache_dir, revision, replica)
+
+
 def load_model(
     model_name_or_path: str,
     *,
@@ -249,14 +270,13 @@ def load_model(
     Raises:
         OSError: The path or hub id cannot be loaded; the message says how to fix it.
     """
-    source = os.path.realpath(os.path.expanduser(model_name_or_path))
+    source = model_source(model_name_or_path)
     if not os.path.isdir(source):
         if looks_like_a_path(model_name_or_path):
             raise _missing_directory(model_name_or_path)
-        source = model_name_or_path
     elif not os.path.isfile(os.path.join(source, "config.json")):
         raise _not_found(model_name_or_path, FileNotFoundError(f"no config.json in {source}"))
-    key = (source, device, dtype, attn_implementation, trust_remote_code, cache_dir, revision, replica)
+    key = registry_key(source, device, dtype, attn_implementation, trust_remote_code, cache_dir, revision, replica)
     with _REGISTRY_LOCK:
         found = _REGISTRY.get(key)
         if found is not None:
@@ -294,11 +314,9 @@ def adopt_model(model: Any, tokenizer: Any, attn_implementation: str) -> LoadedM
     Raises:
         ValueError: The tokenizer has no EOS token.
     """
-    name = str(model.config._name_or_path)
-    source = os.path.realpath(os.path.expanduser(name)) if os.path.isdir(os.path.expanduser(name)) else name
     param = next(model.parameters())
     device = resolve_devices(str(param.device))[0]
-    key = (source, device, param.dtype, attn_implementation, False, None, None, 0)
+    key = registry_key(model_source(str(model.config._name_or_path)), device, param.dtype, attn_implementation)
     with _REGISTRY_LOCK:
         found = _REGISTRY.get(key)
         if found is not None and found.model is model:

@@ -198,11 +198,14 @@ def forward_shared_prefix(
         k = attn.k_proj(h).view(B, T, Hkv, d).transpose(1, 2)  # (B, Hkv, T, d)
         v = attn.v_proj(h).view(B, T, Hkv, d).transpose(1, 2)  # (B, Hkv, T, d)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        out = cascade_attention_fused(q, k, v, prefix_k[0], prefix_v[0], d**-0.5) if fused else torch.cat([
-            cascade_attention(q[i : i + step], k[i : i + step], v[i : i + step], prefix_k[0], prefix_v[0],
-                              allowed[i : i + step], d**-0.5)
-            for i in range(0, B, step)
-        ])  # (B, Hq, T, d)  # fmt: skip
+        if fused:
+            out = cascade_attention_fused(q, k, v, prefix_k[0], prefix_v[0], d**-0.5)  # (B, Hq, T, d)
+        else:
+            out = torch.cat([
+                cascade_attention(q[i : i + step], k[i : i + step], v[i : i + step], prefix_k[0], prefix_v[0],
+                                  allowed[i : i + step], d**-0.5)
+                for i in range(0, B, step)
+            ])  # (B, Hq, T, d)  # fmt: skip
         x = x + attn.o_proj(out.transpose(1, 2).reshape(B, T, Hq * d))  # (B, T, H)
         x = x + layer.mlp(layer.post_attention_layernorm(x))  # (B, T, H)
     return model.norm(x)  # (B, T, H)

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 
 SEARCH_SUFFIXES = (".txt", ".md")
+# bge_icl.precision.PRECISIONS, spelled out: the parser answers --help without importing numpy (a test compares them).
+PRECISION_CHOICES = ("float32", "int8", "uint8", "binary", "ubinary")
 INPUT_SUFFIXES = (".txt", ".jsonl")
 # Folders `search` skips unless --include-hidden: hidden ones (a leading dot) and these dependency/build folders.
 SKIPPED_FOLDERS = frozenset({"node_modules", "venv", "env", "site-packages", "__pycache__", "build", "dist"})
@@ -223,16 +225,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def quantize_for_cli(vectors: np.ndarray, precision: str, calibration: str | None) -> np.ndarray:
     """``--precision`` / ``--calibration``: an existing calibration file is read; a new one is written from these
     vectors (so the corpus run writes it and the query run reuses it); none calibrates on these vectors alone."""
+    if calibration is not None and precision not in ("int8", "uint8"):
+        raise CliError("--calibration applies to --precision int8 and uint8")
     if precision == "float32":
-        if calibration is not None:
-            raise CliError("--calibration applies to --precision int8 and uint8")
         return vectors
     import numpy as np
 
     from bge_icl.precision import calibration_ranges, quantize
 
     ranges = None
-    if calibration is not None and precision in ("int8", "uint8"):
+    if calibration is not None:
         path = Path(calibration)
         if path.is_file():
             try:
@@ -245,8 +247,6 @@ def quantize_for_cli(vectors: np.ndarray, precision: str, calibration: str | Non
             ranges = calibration_ranges(vectors)
             np.save(path, ranges)
             print(f"bge-icl: wrote the {precision} calibration (per-dimension min and max) to {path}", file=sys.stderr)
-    elif calibration is not None:
-        raise CliError("--calibration applies to --precision int8 and uint8")
     try:
         return quantize(vectors, precision, ranges)  # type: ignore[arg-type]
     except ImportError as e:
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=32, help="most texts per forward pass (default 32)")
     embed.add_argument(
         "--precision",
-        choices=("float32", "int8", "uint8", "binary", "ubinary"),
+        choices=PRECISION_CHOICES,
         default="float32",
         help="output precision (int8/uint8/binary/ubinary need bge-icl[sentence-transformers]; default float32)",
     )
