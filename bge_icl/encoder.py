@@ -105,7 +105,7 @@ class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
                 msg = f"the model is given twice: as the first argument and as {twice[0]}="
                 raise TypeError(msg)
             options["model_name"] = model_name_or_path
-        self._setup(EmbedderOptions(**options))
+        self._setup(EmbedderOptions.checked(**options))
 
     @classmethod
     def from_options(cls, options: EmbedderOptions) -> ICLEmbedder:

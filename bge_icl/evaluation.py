@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bge_icl.errors import in_context
 from bge_icl.prompts import validate_examples
 
 if TYPE_CHECKING:
@@ -386,7 +387,7 @@ def compare_example_sets(
         try:
             validate_examples(examples, embedder.options.query_instruction_for_retrieval)
         except (TypeError, ValueError) as e:
-            raise type(e)(f"example set {name!r}: {e}") from e
+            raise in_context(e, f"example set {name!r}") from e
     embedders = {name: embedder.with_examples(examples) for name, examples in example_sets.items()}
     passages = encode_passages(embedder, data)
     return {name: _evaluate(each, data, ks, passages) for name, each in embedders.items()}

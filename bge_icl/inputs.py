@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from bge_icl.errors import InputTypeError, InputValueError
 
-def _check_item(label: str, item: object) -> None:
-    """Raise unless ``item`` is a ``str`` that is valid Unicode; ``label`` names it in the message."""
+
+def _check_item(label: str, item: object, index: int | None = None) -> None:
+    """Raise unless ``item`` is a ``str`` that is valid Unicode; ``label`` names it in the message, ``index`` in
+    the error's field."""
     if not isinstance(item, str):
         msg = f"{label} is {type(item).__name__}, expected str"
-        raise TypeError(msg)
+        raise InputTypeError(msg, index=index)
     try:
         item.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -17,7 +20,7 @@ def _check_item(label: str, item: object) -> None:
             f"{label} is not valid Unicode: {e.reason} at position {e.start} ({item[e.start : e.end]!r}); "
             "decode your input with errors='replace' or drop lone surrogates"
         )
-        raise ValueError(msg) from None
+        raise InputValueError(msg, index=index) from None
 
 
 def as_text_list(texts: str | Iterable[str]) -> tuple[list[str], bool]:
@@ -39,11 +42,11 @@ def as_text_list(texts: str | Iterable[str]) -> tuple[list[str], bool]:
         items, single = [texts], True
     elif isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
         msg = f"texts must be a str or a list of str, got {type(texts).__name__}"
-        raise TypeError(msg)
+        raise InputTypeError(msg)
     else:
         items, single = list(texts), False
     for i, item in enumerate(items):
-        _check_item(f"item {i}", item)
+        _check_item(f"item {i}", item, i)
     return items, single
 
 
@@ -64,7 +67,7 @@ def as_text_batch(texts: Iterable[str], name: str = "texts") -> list[str]:
     if isinstance(texts, (str, bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
         hint = "; wrap one text in a list: [text]" if isinstance(texts, str) else ""
         msg = f"{name} must be a list of str, got {type(texts).__name__}{hint}"
-        raise TypeError(msg)
+        raise InputTypeError(msg)
     return as_text_list(texts)[0]
 
 

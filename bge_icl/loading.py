@@ -20,6 +20,7 @@ import transformers
 from huggingface_hub.errors import HFValidationError
 from packaging.version import Version
 
+from bge_icl.errors import OptionTypeError, OptionValueError
 from bge_icl.tokenization import PromptTokenizer
 
 DTYPES: dict[str, torch.dtype] = {
@@ -57,30 +58,30 @@ def resolve_devices(devices: DeviceSpec) -> list[str]:
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
     if isinstance(devices, bool):
         msg = f"devices={devices!r} is not a device; use a str like 'cpu' or 'cuda:0', an int GPU index, or a list"
-        raise TypeError(msg)
+        raise OptionTypeError(msg, option="devices", value=devices)
     items: list[Any] = list(devices) if isinstance(devices, (list, tuple)) else [devices]
     if not items:
         msg = "devices=[] names no device; use None (auto), 'cpu', 'cuda:0', 0, or a list of them"
-        raise ValueError(msg)
+        raise OptionValueError(msg, option="devices", value=devices)
     out = []
     for d in items:
         if isinstance(d, bool) or not isinstance(d, (str, int, torch.device)):
             msg = f"devices entry {d!r} is {type(d).__name__}; expected a str like 'cpu'/'cuda:0' or an int GPU index"
-            raise TypeError(msg)
+            raise OptionTypeError(msg, option="devices", value=devices)
         name = f"cuda:{d}" if isinstance(d, int) else str(d)
         try:
             dev = torch.device(name)
         except RuntimeError as e:
             msg = f"devices entry {d!r} is not a torch device; valid examples: 'cpu', 'cuda', 'cuda:1', 0"
-            raise ValueError(msg) from e
+            raise OptionValueError(msg, option="devices", value=devices) from e
         if dev.type == "cuda":
             if not torch.cuda.is_available():
                 msg = f"device {name!r} was asked for, but CUDA is not available here; use devices='cpu'"
-                raise ValueError(msg)
+                raise OptionValueError(msg, option="devices", value=devices)
             index = dev.index if dev.index is not None else 0
             if index >= torch.cuda.device_count():
                 msg = f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) are visible"
-                raise ValueError(msg)
+                raise OptionValueError(msg, option="devices", value=devices)
             name = f"cuda:{index}"
         out.append(name)
     return out
@@ -95,14 +96,14 @@ def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float16, torch.bfloat16, torch.float32):
             msg = f"dtype={dtype} is not supported; valid: 'auto', 'float16', 'bfloat16', 'float32'"
-            raise ValueError(msg)
+            raise OptionValueError(msg, option="dtype", value=dtype)
         return dtype
     if dtype == "auto":
         return torch.float32 if torch.device(device).type == "cpu" else torch.float16
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
     msg = f"dtype={dtype!r} is not supported; valid: 'auto', {', '.join(repr(k) for k in DTYPES)} or a torch.dtype"
-    raise ValueError(msg)
+    raise OptionValueError(msg, option="dtype", value=dtype)
 
 
 def resolve_attention(attn_implementation: str | None, device: str) -> str:
@@ -112,7 +113,7 @@ def resolve_attention(attn_implementation: str | None, device: str) -> str:
         return "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") else "sdpa"
     if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
         msg = f"attn_implementation={attn_implementation!r} is not supported; valid: {ATTENTION_IMPLEMENTATIONS}"
-        raise ValueError(msg)
+        raise OptionValueError(msg, option="attn_implementation", value=attn_implementation)
     return attn_implementation
 
 

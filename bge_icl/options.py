@@ -25,12 +25,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
 )
 
+from bge_icl.errors import OptionError, OptionTypeError, OptionValueError
 from bge_icl.loading import DTYPES, resolve_attention, resolve_dtype
 from bge_icl.precision import Precision
 from bge_icl.prompts import (
@@ -104,7 +106,7 @@ def _device_entry(entry: Any) -> str | int:
     if index is None:
         kind = type(entry).__name__
         msg = f"devices entry {entry!r} is {kind}; expected a str like 'cpu'/'cuda:0' or an int GPU index"
-        raise TypeError(msg)
+        raise OptionTypeError(msg, option="devices", value=entry)
     return index
 
 
@@ -117,7 +119,7 @@ def positive_int(name: str, value: Any) -> int:
     index = _index(value)
     if index is None or index <= 0:
         msg = f"{name} must be a positive int, got {value!r}"
-        raise ValueError(msg)
+        raise OptionValueError(msg, option=name, value=value)
     return index
 
 
@@ -129,7 +131,7 @@ def flag(name: str, value: Any, nullable: bool = False) -> bool:
     """
     if not isinstance(value, (bool, np.bool_)):
         msg = f"{name} must be a bool{' or None' if nullable else ''}, got {value!r}"
-        raise TypeError(msg)
+        raise OptionTypeError(msg, option=name, value=value)
     return bool(value)
 
 
@@ -223,7 +225,7 @@ class EmbedderOptions(BaseModel):
         value = os.fspath(value) if isinstance(value, os.PathLike) else value
         if not isinstance(value, str) or not value:
             msg = f"model_name must be a non-empty str (hub id or local directory), got {value!r}"
-            raise ValueError(msg)
+            raise OptionValueError(msg, option="model_name", value=value)
         return value
 
     @field_validator("examples_for_task", mode="before")
@@ -243,7 +245,7 @@ class EmbedderOptions(BaseModel):
         if not isinstance(value, str):
             nullable = "" if info.field_name == "suffix" else " or None"
             msg = f"{info.field_name} must be a str{nullable}, got {type(value).__name__}"
-            raise TypeError(msg)
+            raise OptionTypeError(msg, option=str(info.field_name), value=value)
         return value
 
     @field_validator("query_instruction_format", "examples_instruction_format", mode="before")
@@ -285,11 +287,11 @@ class EmbedderOptions(BaseModel):
             return value
         if isinstance(value, (bool, np.bool_)):
             msg = f"devices={value!r} is not a device; use a str like 'cpu' or 'cuda:0', an int GPU index, or a list"
-            raise TypeError(msg)
+            raise OptionTypeError(msg, option="devices", value=value)
         if isinstance(value, (list, tuple)):
             if not value:
                 msg = "devices=[] names no device; use None (auto), 'cpu', 'cuda:0', 0, or a list of them"
-                raise ValueError(msg)
+                raise OptionValueError(msg, option="devices", value=value)
             return tuple(_device_entry(entry) for entry in value)
         return _device_entry(value)
 
@@ -333,6 +335,25 @@ class EmbedderOptions(BaseModel):
             raise FrozenOptionError(frozen_message(name))
         super().__delattr__(name)
 
+    @classmethod
+    def checked(cls, **values: Any) -> EmbedderOptions:
+        """``EmbedderOptions(**values)``, raising the :class:`~bge_icl.errors.OptionError` inside pydantic's
+        ``ValidationError`` (its ``.option`` and ``.value`` fields), as :class:`~bge_icl.ICLEmbedder` does.
+
+        Raises:
+            OptionTypeError: An unknown name, or a value of the wrong type.
+            OptionValueError: A value out of range.
+        """
+        try:
+            return EmbedderOptions(**values)
+        except ValidationError as e:
+            first = e.errors()[0]
+            cause = first.get("ctx", {}).get("error")
+            if isinstance(cause, OptionError):
+                raise cause from None
+            name = str(first["loc"][0]) if first["loc"] else "options"
+            raise OptionValueError(f"{name}: {first['msg']}", option=name, value=first.get("input")) from None
+
     def option_values(self) -> dict[str, Any]:
         """The options only (no framework fields of a subclass), by name."""
         return {name: getattr(self, name) for name in EmbedderOptions.OPTION_NAMES}
@@ -353,7 +374,7 @@ class EmbedderOptions(BaseModel):
         base = self.option_values()
         if set(changes) & set(MODEL_ALIASES):
             del base["model_name"]  # else the old model_name would win over a new model_name_or_path / model
-        return EmbedderOptions(**{**base, **changes})
+        return EmbedderOptions.checked(**{**base, **changes})
 
 
 EmbedderOptions.OPTION_NAMES = tuple(EmbedderOptions.model_fields)
@@ -380,4 +401,4 @@ def check_names(model: type[BaseModel], data: Mapping[str, Any]) -> None:
         hints.append(f"{name!r} (did you mean {guess}?)" if guess else repr(name))
     what = "option" if len(unknown) == 1 else "options"
     msg = f"unknown {what} {', '.join(hints)}; valid options: {', '.join(sorted(model.model_fields))}"
-    raise TypeError(msg)
+    raise OptionTypeError(msg, option=unknown[0])

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bge_icl.errors import OptionValueError
+
 Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[Precision, ...] = ("float32", "int8", "uint8", "binary", "ubinary")
 EXTRA_HINT = "pip install 'bge-icl[sentence-transformers]'"
@@ -29,7 +31,7 @@ def check_precision(precision: object) -> Precision:
     """``precision`` if valid, else ValueError naming the valid ones."""
     if precision not in PRECISIONS:
         msg = f"precision={precision!r} is not supported; valid: {PRECISIONS}"
-        raise ValueError(msg)
+        raise OptionValueError(msg, option="precision", value=precision)
     return precision
 
 
@@ -79,18 +81,18 @@ def check_calibration(
                 f"precision={precision!r} of a single text needs calibration=: ranges from calibration_ranges() "
                 "over a sample of float32 vectors (the passages, say)"
             )
-            raise ValueError(msg)
+            raise OptionValueError(msg, option="calibration", value=None)
         return None
     if not precision.endswith("int8"):
         msg = f"calibration= applies to precision 'int8' and 'uint8', not {precision!r}"
-        raise ValueError(msg)
+        raise OptionValueError(msg, option="calibration", value=None)
     ranges = np.asarray(calibration, dtype=np.float32)
     if ranges.shape != (2, dimension):
         msg = (
             f"calibration must have shape (2, {dimension}) (per-dimension min and max, see "
             f"calibration_ranges); got {ranges.shape}"
         )
-        raise ValueError(msg)
+        raise OptionValueError(msg, option="calibration", value=None)
     return ranges
 
 

@@ -16,6 +16,8 @@ from typing import TypedDict
 
 from typing_extensions import NotRequired
 
+from bge_icl.errors import OptionTypeError, OptionValueError
+
 DEFAULT_QUERY_INSTRUCTION_FORMAT = "<instruct>{}\n<query>{}"
 DEFAULT_EXAMPLES_INSTRUCTION_FORMAT = "<instruct>{}\n<query>{}\n<response>{}"
 DEFAULT_SUFFIX = "\n<response>"
@@ -61,19 +63,19 @@ def validate_template(name: str, template: str, slots: int) -> str:
     """
     if not isinstance(template, str):
         msg = f"{name} must be a str with {slots} '{{}}' slots, got {type(template).__name__}"
-        raise TypeError(msg)
+        raise OptionTypeError(msg, option=name, value=template)
     template = unescape_newlines(template)
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
         msg = f"{name}={template!r} is not a valid format string ({e}); escape literal braces as '{{{{' and '}}}}'"
-        raise ValueError(msg) from e
+        raise OptionValueError(msg, option=name, value=template) from e
     if len(fields) != slots or any(f != "" for f in fields):
         msg = (
             f"{name}={template!r} must have exactly {slots} positional '{{}}' slots, "
             f"found {len(fields)} field(s): {fields!r}"
         )
-        raise ValueError(msg)
+        raise OptionValueError(msg, option=name, value=template)
     return template
 
 
@@ -93,31 +95,31 @@ def validate_examples(
         return ()
     if isinstance(examples, (str, bytes, Mapping)) or not isinstance(examples, Sequence):
         msg = f"examples_for_task must be a list of dicts with keys {_EXAMPLE_KEYS}, got {type(examples).__name__}"
-        raise TypeError(msg)
+        raise OptionTypeError(msg, option="examples_for_task", value=examples)
     checked: list[ICLExample] = []
     for i, example in enumerate(examples):
         if not isinstance(example, Mapping):
             msg = f"examples_for_task[{i}] is {type(example).__name__}, expected a dict with keys {_EXAMPLE_KEYS}"
-            raise TypeError(msg)
+            raise OptionTypeError(msg, option="examples_for_task", value=examples)
         unknown = sorted(set(example) - set(_EXAMPLE_KEYS), key=str)
         if unknown:
             msg = f"examples_for_task[{i}] has unknown key(s) {unknown}; valid keys are {_EXAMPLE_KEYS}"
-            raise ValueError(msg)
+            raise OptionValueError(msg, option="examples_for_task", value=examples)
         for key in ("query", "response"):
             if key not in example:
                 msg = f"examples_for_task[{i}] is missing {key!r}; each example needs 'query' and 'response'"
-                raise ValueError(msg)
+                raise OptionValueError(msg, option="examples_for_task", value=examples)
         for key, value in example.items():
             if not isinstance(value, str):
                 msg = f"examples_for_task[{i}][{key!r}] is {type(value).__name__}, expected str"
-                raise TypeError(msg)
+                raise OptionTypeError(msg, option="examples_for_task", value=examples)
         instruct = example.get("instruct", default_instruct)
         if instruct is None:
             msg = (
                 f"examples_for_task[{i}] has no 'instruct' and query_instruction_for_retrieval is None; "
                 "set one of them (FlagEmbedding would silently write the text 'None' here)"
             )
-            raise ValueError(msg)
+            raise OptionValueError(msg, option="examples_for_task", value=examples)
         checked.append({"instruct": instruct, "query": example["query"], "response": example["response"]})
     return tuple(checked)
 

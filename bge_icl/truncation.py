@@ -6,16 +6,53 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Literal, cast
 
+from bge_icl.errors import FieldsPickle, OptionValueError
+
 OnTruncation = Literal["warn", "error", "ignore"]
 ON_TRUNCATION: tuple[OnTruncation, ...] = ("warn", "error", "ignore")
 
 
-class TruncationWarning(UserWarning):
+class Truncation(FieldsPickle):
+    """What was cut in one call: the fields of :class:`TruncationWarning` and :class:`TruncationError`.
+
+    Attributes:
+        count: How many texts were cut.
+        total: How many texts the call had.
+        kind: ``"queries"`` or ``"passages"``.
+        option: The limit's option name (``"query_max_length"``, ``"passage_max_length"``, or ``"max_length"``
+            when the call passed its own).
+        limit: The limit, in tokens.
+        indices: 0-based positions of the texts that were cut, in the call's order.
+    """
+
+    count: int
+    total: int
+    kind: str
+    option: str
+    limit: int
+    indices: tuple[int, ...]
+
+    def _set_fields(self, indices: Sequence[int], total: int, kind: str, option: str, limit: int) -> None:
+        self.indices, self.count, self.total = tuple(indices), len(indices), total
+        self.kind, self.option, self.limit = kind, option, limit
+
+
+class TruncationWarning(Truncation, UserWarning):
     """Some texts were longer than ``query_max_length`` / ``passage_max_length`` and were cut."""
 
+    def __init__(self, message: str, *, indices: Sequence[int], total: int, kind: str, option: str,
+                 limit: int) -> None:  # fmt: skip
+        super().__init__(message)
+        self._set_fields(indices, total, kind, option, limit)
 
-class TruncationError(ValueError):
+
+class TruncationError(Truncation, ValueError):
     """Raised instead of :class:`TruncationWarning` when ``on_truncation="error"``."""
+
+    def __init__(self, message: str, *, indices: Sequence[int], total: int, kind: str, option: str,
+                 limit: int) -> None:  # fmt: skip
+        super().__init__(message)
+        self._set_fields(indices, total, kind, option, limit)
 
 
 def check_mode(mode: Any) -> OnTruncation:
@@ -26,7 +63,7 @@ def check_mode(mode: Any) -> OnTruncation:
     """
     if mode not in ON_TRUNCATION:
         msg = f"on_truncation={mode!r} is not supported; valid: {ON_TRUNCATION}"
-        raise ValueError(msg)
+        raise OptionValueError(msg, option="on_truncation", value=mode)
     return cast(OnTruncation, mode)
 
 
@@ -53,5 +90,7 @@ def report_truncation(
         f"(first: item {truncated[0]})"
     )
     if mode == "error":
-        raise TruncationError(msg + "; shorten or split them, raise the limit, or pass on_truncation='warn'")
-    warnings.warn(msg, TruncationWarning, stacklevel=stacklevel + 1)
+        hint = "; shorten or split them, raise the limit, or pass on_truncation='warn'"
+        raise TruncationError(msg + hint, indices=truncated, total=n, kind=kind, option=limit[0], limit=limit[1])
+    report = TruncationWarning(msg, indices=truncated, total=n, kind=kind, option=limit[0], limit=limit[1])
+    warnings.warn(report, stacklevel=stacklevel + 1)

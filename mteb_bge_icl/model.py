@@ -15,6 +15,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.types import PromptType
 
 from bge_icl.encoder import ICLEmbedder
+from bge_icl.errors import in_context
 from bge_icl.prompts import validate_examples
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def load_task_prompts(source: TaskPrompts | str | os.PathLike[str] | None) -> di
         try:  # an example without "instruct" takes the task's instruction, known only when the task runs
             validate_examples(spec.get("examples"), instruction or "the task's instruction")
         except (TypeError, ValueError) as e:
-            raise type(e)(f"task {name!r}: {e}") from e
+            raise in_context(e, f"task {name!r}") from e
         checked[str(name)] = {key: spec[key] for key in TASK_KEYS if spec.get(key) is not None}
     return checked
 
