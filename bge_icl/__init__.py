@@ -16,12 +16,13 @@ from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample
 from bge_icl.truncation import TruncationError, TruncationWarning
 
 if TYPE_CHECKING:
-    from bge_icl.encoder import ICLEmbedder, Stats
+    from bge_icl.encoder import Embedded, ICLEmbedder, Stats
     from bge_icl.options import EmbedderOptions, FrozenOptionError
 
 # Loaded on first use, so that ``import bge_icl`` (and ``bge-icl --help``) does not import torch.
 _LAZY = {
     "ICLEmbedder": "bge_icl.encoder",
+    "Embedded": "bge_icl.encoder",
     "Stats": "bge_icl.encoder",
     "EmbedderOptions": "bge_icl.options",
     "FrozenOptionError": "bge_icl.options",
@@ -36,6 +37,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "WEB_SEARCH_INSTRUCTION",
+    "Embedded",
     "EmbedderOptions",
     "FrozenOptionError",
     "ICLEmbedder",

@@ -91,6 +91,10 @@ class BatchQueue:
             self._pending.append(Batch(rows, sorted_lengths, skip, row_cost if skip else copied_prefix_cost))
         self.batches = self._count()
         """How many batches the queue would hand out at its starting budget (for the progress bar)."""
+        self.rows = sum(len(batch.rows) for batch in self._pending)
+        """How many rows the queue holds in all."""
+        self.done = 0
+        """How many rows have been embedded (:meth:`finished`)."""
         self._lock = threading.Lock()
         self._closed = False
 
@@ -121,6 +125,11 @@ class BatchQueue:
                 start = next_batch_end(batch.lengths, start, self.batch_size, self.budget, batch.skip, batch.row_cost)
                 total += 1
         return total
+
+    def finished(self, batch: Batch) -> None:
+        """Count ``batch``'s rows as embedded."""
+        with self._lock:
+            self.done += len(batch.rows)
 
     def close(self) -> None:
         """Stop handing out batches (after a worker failed)."""

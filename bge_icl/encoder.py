@@ -9,6 +9,7 @@ replica workers and out-of-memory backoff in :mod:`bge_icl.replicas`, the forwar
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,9 +42,10 @@ from bge_icl.replicas import ReplicaPool
 from bge_icl.shared_prefix import shared_prefix_cost, supports_shared_prefix
 from bge_icl.st_compat import SentenceTransformersCompat
 from bge_icl.tokenization import PrefixSplit, QueryPlan, Tokenized
-from bge_icl.truncation import TruncationError, TruncationWarning, check_mode, report_truncation
+from bge_icl.truncation import OnTruncation, TruncationError, TruncationWarning, check_mode, report_truncation
 
-__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "CallOptions", "ICLEmbedder", "Stats", "TruncationError", "TruncationWarning"]
+__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "CallOptions", "Embedded", "ICLEmbedder", "Stats", "TruncationError",
+           "TruncationWarning"]
 
 Kind = Literal["queries", "passages"]
 Texts = str | Iterable[str]
@@ -51,6 +53,22 @@ Vectors = np.ndarray | torch.Tensor
 KINDS: tuple[Kind, ...] = ("queries", "passages")
 DEFAULT_MAX_BATCH_TOKENS = {"cuda": 65536, "cpu": 16384}
 DEFAULT_BATCH_SIZE: dict[str, int | None] = {"cpu": 32}  # other devices: no row limit, the token budget decides
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """The result of :meth:`ICLEmbedder.embed`: vectors plus what a server reports about them.
+
+    Attributes:
+        vectors: float32, shape (N, dimension), in input order.
+        tokens: For each text, the tokens of the sequence the model embedded (special tokens and, for a query, the
+            few-shot prefix included), after truncation.
+        truncated: Indices of the texts that were cut to their max length.
+    """
+
+    vectors: np.ndarray
+    tokens: tuple[int, ...]
+    truncated: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -63,12 +81,16 @@ class Stats:
             with it, or would pass the attention window).
         prefix_builds: Prefix key/value caches built (one per replica that ran a prefix batch).
         replica_rows: Texts embedded by each replica, in ``devices`` order.
+        forward_passes: Forward passes run by the replicas (rows per pass = ``sum(replica_rows) / forward_passes``).
+        queued_rows: Texts of calls in flight that have not been embedded yet.
     """
 
     prefix_hits: int
     prefix_misses: int
     prefix_builds: int
     replica_rows: tuple[int, ...]
+    forward_passes: int = 0
+    queued_rows: int = 0
 
 
 class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
@@ -235,8 +257,8 @@ class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
     @property
     def stats(self) -> Stats:
         """Counters of the prefix cache and of the replicas' work so far."""
-        s = self._shared
-        return Stats(s.hits, s.misses, s.builds, self._pool.rows)
+        s, pool = self._shared, self._pool
+        return Stats(s.hits, s.misses, s.builds, pool.rows, pool.passes, pool.queued)
 
     def fingerprint(self, kind: Kind) -> str:
         """sha256 of everything that determines a ``kind`` vector (:func:`bge_icl.fingerprint.fingerprint`):
@@ -289,6 +311,30 @@ class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
                       convert_to_numpy: bool | None = None, **call: Unpack[CallOptions]) -> Vectors:  # fmt: skip
         """Embed passages as they are (no prefix, no instruction), then EOS; arguments as :meth:`encode_queries`."""
         return self._encode(corpus, "passages", batch_size, max_length, convert_to_numpy, **call)
+
+    def embed(self, texts: Sequence[str], kind: Kind, *, on_truncation: OnTruncation | None = None) -> Embedded:
+        """Embed ``texts`` as ``kind`` and report their token counts (what a server's ``usage`` needs).
+
+        Args:
+            texts: The texts (a list; each item checked as in :meth:`encode_queries`).
+            kind: ``"queries"`` or ``"passages"``.
+            on_truncation: Override of the option for this call (``"error"``: a :class:`TruncationError` whose
+                ``indices`` name the texts that are too long, before any compute).
+
+        Returns:
+            An :class:`Embedded` (float32 vectors in input order, token counts, truncated indices).
+        """
+        self._check_kind(kind)
+        items, _ = as_text_list(texts)
+        mode = self._options.on_truncation if on_truncation is None else check_mode(on_truncation)
+        tokenized, reported = self._tokenize(items, kind, None)
+        report_truncation(tokenized.truncated, len(items), kind, reported, mode, stacklevel=3)
+        vectors = self._run(tokenized.ids, kind, False, self._rows)
+        return Embedded(vectors, tuple(len(x) for x in tokenized.ids), tuple(tokenized.truncated))
+
+    async def aembed(self, texts: Sequence[str], kind: Kind, *, on_truncation: OnTruncation | None = None) -> Embedded:
+        """:meth:`embed` for asyncio callers; the event loop keeps running while the model works."""
+        return await asyncio.to_thread(self.embed, texts, kind, on_truncation=on_truncation)
 
     def check_truncation(self, texts: Iterable[str], kind: Kind) -> list[int]:
         """Report, as an encode call would, which ``texts`` exceed their max length, without embedding them.

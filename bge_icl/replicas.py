@@ -34,6 +34,8 @@ class ReplicaPool:
     def __init__(self, replicas: Sequence[LoadedModel]) -> None:
         self.replicas: tuple[LoadedModel, ...] = tuple(replicas)
         self._rows = [0] * len(self.replicas)
+        self._passes = 0
+        self._queued = 0
         self._lock = threading.Lock()
 
     @property
@@ -42,8 +44,29 @@ class ReplicaPool:
         with self._lock:
             return tuple(self._rows)
 
+    @property
+    def passes(self) -> int:
+        """Forward passes run so far (retries after out of memory not counted)."""
+        with self._lock:
+            return self._passes
+
+    @property
+    def queued(self) -> int:
+        """Rows of calls in flight that have not been embedded yet."""
+        with self._lock:
+            return self._queued
+
     def run(self, queue: BatchQueue, step: Step, sink: Sink) -> None:
         """Serve ``queue`` with every replica until it is empty; the first failure is raised."""
+        with self._lock:
+            self._queued += queue.rows
+        try:
+            self._serve(queue, step, sink)
+        finally:
+            with self._lock:
+                self._queued -= queue.rows - queue.done
+
+    def _serve(self, queue: BatchQueue, step: Step, sink: Sink) -> None:
         if len(self.replicas) == 1:
             self._work(0, queue, step, sink)
             return
@@ -78,5 +101,8 @@ class ReplicaPool:
                             torch.cuda.empty_cache()
                     continue
             sink(batch, vectors)
+            queue.finished(batch)
             with self._lock:
                 self._rows[replica] += len(batch.rows)
+                self._passes += 1
+                self._queued -= len(batch.rows)
