@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import tempfile
@@ -136,9 +135,7 @@ def main() -> None:
         joint = emb.with_options(prefix_cache=False)
         phases.run("tokenize queries (whole prompt)", lambda: joint.tokenize_queries(queries), len(queries), "q")
         n_tokens = sum(len(x) for x in emb.tokenize_corpus(passages).ids)
-        os.environ["BGE_ICL_PREFIX_ATTENTION"] = "copy"
-        copy_path = emb.with_options()
-        os.environ.pop("BGE_ICL_PREFIX_ATTENTION")
+        copy_path = emb.with_options(prefix_attention="copy")
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
         for compiled in modes:
             tag = " (compiled)" if compiled else ""

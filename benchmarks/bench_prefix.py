@@ -4,7 +4,7 @@ Same checkpoint as ``bench_cpu.py`` (random-weight MistralModel, hidden 512, 8 l
 intermediate 1792, bge-en-icl's real tokenizer, float32). Workload: 256 queries of 3-14 words, with the model
 card's 2 web-search examples and with 8 examples (a ~1,000-token prefix). Attention: ``shared`` (the default: on
 CPU torch's fused flash kernel for the prefix and the tail, merged by log-sum-exp), ``shared-explicit``
-(``BGE_ICL_CASCADE_KERNEL=explicit``: float32 score matrices in row chunks) and ``copy`` (a prefix copy per row).
+(float32 score matrices in row chunks) and ``copy`` (a prefix copy per row): the ``prefix_attention`` option.
 Runs in ``.venv`` (no FlagEmbedding): ``make bench-prefix``. Each memory figure comes from a fresh subprocess: the
 peak RSS of one call that runs 256 (or 64) queries as one batch, minus the RSS before it (with
 ``MALLOC_MMAP_THRESHOLD_`` set so that freed memory leaves the process and the peak tracks live memory).
@@ -63,7 +63,7 @@ def checkpoint(root: Path) -> str:
                                 num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2))  # fmt: skip
 
 
-def embedder(path: str, n_examples: int) -> ICLEmbedder:
+def embedder(path: str, n_examples: int, attention: str = "auto") -> ICLEmbedder:
     return ICLEmbedder(
         path,
         devices="cpu",
@@ -71,6 +71,7 @@ def embedder(path: str, n_examples: int) -> ICLEmbedder:
         show_progress=False,
         examples_for_task=examples(n_examples),
         query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION,
+        prefix_attention=attention,
     )
 
 
@@ -83,14 +84,9 @@ def _status_kib(field: str) -> int:
 ATTENTIONS = ("shared", "shared-explicit", "copy")
 
 
-def _attention_env(attention: str) -> dict[str, str]:
-    return {"BGE_ICL_PREFIX_ATTENTION": "copy" if attention == "copy" else "shared",
-            "BGE_ICL_CASCADE_KERNEL": "explicit" if attention == "shared-explicit" else "default"}  # fmt: skip
-
-
-def memory_child(path: str, n_examples: int, rows: int) -> None:
+def memory_child(path: str, n_examples: int, rows: int, attention: str) -> None:
     """One call of 256 queries in batches of ``rows``; prints the peak RSS growth during it, in MiB (Linux)."""
-    emb = embedder(path, n_examples).with_options(batch_size=rows, max_batch_tokens=10**9)  # one batch of `rows`
+    emb = embedder(path, n_examples, attention).with_options(batch_size=rows, max_batch_tokens=10**9)  # one batch
     emb.encode_queries(queries(4))  # loads, builds the prefix cache
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     before = _status_kib("VmRSS")
@@ -101,8 +97,8 @@ def memory_child(path: str, n_examples: int, rows: int) -> None:
 
 def memory(path: str, n_examples: int, attention: str, rows: int) -> dict[str, float]:
     # Large allocations get their own mappings, returned at free: the peak RSS then tracks live memory.
-    env = {**os.environ, **_attention_env(attention), "MALLOC_MMAP_THRESHOLD_": "65536"}
-    code = f"import benchmarks.bench_prefix as b; b.memory_child({path!r}, {n_examples}, {rows})"
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    code = f"import benchmarks.bench_prefix as b; b.memory_child({path!r}, {n_examples}, {rows}, {attention!r})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -121,14 +117,11 @@ def main() -> None:
         path = checkpoint(Path(tmp))
         for n_examples in (2, 8):
             for attention in ATTENTIONS:
-                os.environ.update(_attention_env(attention))
-                emb = embedder(path, n_examples)
+                emb = embedder(path, n_examples, attention)
                 emb.encode_queries(qs[:4])
                 rate = best_rate(lambda e=emb: e.encode_queries(qs), len(qs), args.repeats)
                 results[f"queries_per_s_{n_examples}ex_{attention}"] = round(rate, 1)
                 results[f"prefix_tokens_{n_examples}ex"] = emb.prefix_length
-            os.environ.pop("BGE_ICL_PREFIX_ATTENTION")
-            os.environ.pop("BGE_ICL_CASCADE_KERNEL")
             emb = embedder(path, n_examples)
             emb.encode_queries(qs[:4])
             joint = emb.with_options(prefix_cache=False)

@@ -12,17 +12,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from bge_icl.kinds import Kind
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample
 from bge_icl.truncation import TruncationError, TruncationWarning
 
 if TYPE_CHECKING:
-    from bge_icl.encoder import Embedded, ICLEmbedder, Stats
+    from bge_icl.encoder import Embedded, ICLEmbedder, Request, Stats
+    from bge_icl.flag_model import FlagICLModel
     from bge_icl.options import EmbedderOptions, FrozenOptionError
 
 # Loaded on first use, so that ``import bge_icl`` (and ``bge-icl --help``) does not import torch.
 _LAZY = {
     "ICLEmbedder": "bge_icl.encoder",
     "Embedded": "bge_icl.encoder",
+    "Request": "bge_icl.encoder",
+    "FlagICLModel": "bge_icl.flag_model",
     "Stats": "bge_icl.encoder",
     "EmbedderOptions": "bge_icl.options",
     "FrozenOptionError": "bge_icl.options",
@@ -39,9 +43,12 @@ __all__ = [
     "WEB_SEARCH_INSTRUCTION",
     "Embedded",
     "EmbedderOptions",
+    "FlagICLModel",
     "FrozenOptionError",
     "ICLEmbedder",
     "ICLExample",
+    "Kind",
+    "Request",
     "Stats",
     "TruncationError",
     "TruncationWarning",

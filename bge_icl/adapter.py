@@ -24,6 +24,7 @@ from pydantic import PrivateAttr
 from typing_extensions import Self
 
 from bge_icl.encoder import ICLEmbedder
+from bge_icl.flag_model import FlagICLModel
 from bge_icl.options import EmbedderOptions, check_names
 
 _EMBEDDER = "bge_icl_embedder"  # validation-context key: from_embedder() hands its ICLEmbedder to model_post_init
@@ -39,7 +40,6 @@ class EmbedderModel(EmbedderOptions):
         super().model_post_init(context)
         given = context.get(_EMBEDDER) if isinstance(context, Mapping) else None
         self._embedder = given if given is not None else ICLEmbedder.from_options(self)
-        self._embedder._backs_adapter = True  # its set_examples() would leave these fields stale: it refuses
 
     @classmethod
     def framework_fields(cls) -> list[str]:
@@ -51,7 +51,8 @@ class EmbedderModel(EmbedderOptions):
         """Wrap an existing :class:`~bge_icl.ICLEmbedder`: its options become this instance's, its model is used.
 
         Args:
-            embedder: The core embedder.
+            embedder: The core embedder (a :class:`~bge_icl.FlagICLModel`, which can change in place, is wrapped as
+                a fixed :class:`~bge_icl.ICLEmbedder` with its current options, on the same weights).
             **fields: The framework's own fields only (e.g. LlamaIndex's ``embed_batch_size``).
 
         Raises:
@@ -67,6 +68,8 @@ class EmbedderModel(EmbedderOptions):
                 f"embedder.with_options(...) first, or pass only {cls.framework_fields()}"
             )
             raise TypeError(msg)
+        if isinstance(embedder, FlagICLModel):  # its set_examples() would leave these fields stale: take a fixed copy
+            embedder = ICLEmbedder.from_options(embedder.options)
         data = {**embedder.options.option_values(), **fields}
         return cls.model_validate(data, context={_EMBEDDER: embedder})
 

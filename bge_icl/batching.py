@@ -1,4 +1,8 @@
-"""Length-sorted batching under a row limit and a token budget that counts what a row really costs."""
+"""Length-sorted batching under a row limit and a token budget that counts what a row really costs.
+
+The row-cost models (:func:`copied_prefix_cost`, :func:`shared_prefix_cost`) are here too: what one row of a
+forward pass costs, in tokens, on each path (:mod:`bge_icl.forward`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +24,30 @@ RowCost = Callable[[int, int], int]  # (longest row's tokens, cached prefix toke
 
 
 def copied_prefix_cost(longest: int, skip: int) -> int:
-    """A row that holds its own copy of the ``skip`` cached prefix tokens: ``longest + skip`` (the copy path)."""
+    """A row that holds its own copy of the ``skip`` cached prefix tokens: ``longest + skip`` (the copy path, and
+    whole prompts, where ``skip`` is 0)."""
     return longest + skip
+
+
+def shared_prefix_cost(config: Any) -> RowCost:
+    """The cost of one cached-query row on the shared-prefix path, in tokens.
+
+    A row runs ``T`` tokens through the layers (their activations are the cost of a token) and holds
+    ``heads x T x P`` attention scores for the prefix; these are counted in tokens of the MLP's width, so a
+    batch of short queries can hold hundreds of rows while the prefix is never copied.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> shared_prefix_cost(SimpleNamespace(num_attention_heads=32, intermediate_size=14336))(30, 500)
+        64
+    """
+    width = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
+    heads, width = int(config.num_attention_heads), int(width)
+
+    def cost(longest: int, skip: int) -> int:
+        return longest + -(-longest * heads * skip // width)  # T + ceil(T * heads * P / width)
+
+    return cost
 
 
 def next_batch_end(

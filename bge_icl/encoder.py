@@ -1,30 +1,38 @@
 """``ICLEmbedder``: bge-en-icl query and passage embeddings, identical to FlagEmbedding's ``FlagICLModel``.
 
-It reads as options -> tokenize -> run. The pieces live in their own modules: the options in
-:mod:`bge_icl.options`, prompts in :mod:`bge_icl.prompts`, token ids in :mod:`bge_icl.tokenization`,
-the cached few-shot prefix in :mod:`bge_icl.prefix_cache`, batching in :mod:`bge_icl.batching`,
-replica workers and out-of-memory backoff in :mod:`bge_icl.replicas`, the forward pass in
-:mod:`bge_icl.forward` and truncation reporting in :mod:`bge_icl.truncation`.
+Everything is decided once, at setup: the options (:mod:`bge_icl.options`), the loaded replicas (device, dtype:
+:mod:`bge_icl.loading`), the query prompt's layout (:mod:`bge_icl.prompt_layout`) and the forward path
+(:class:`bge_icl.forward.ForwardPath`, from ``prefix_attention``). A call then runs in three stages over a small
+typed :class:`Request`, the seams a scheduler drives (Infinity's ``encode_pre`` / ``encode_core`` /
+``encode_post``):
+
+- :meth:`ICLEmbedder.prepare`: texts to token ids, truncation, and batching groups (cached-prefix queries apart);
+- :meth:`ICLEmbedder.run_batch`: one batch of token ids to vectors, on one replica;
+- :meth:`ICLEmbedder.finish`: the vectors in input order to the caller's array (precision, numpy or torch).
+
+Queries and passages differ only in ``prepare``: the ids put before and after the text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from typing_extensions import Unpack
 
-from bge_icl.batching import Batch, BatchQueue, RowCost, copied_prefix_cost
+from bge_icl.batching import copied_prefix_cost
+from bge_icl.errors import OptionValueError
 from bge_icl.fingerprint import fingerprint
-from bge_icl.flag_compat import FlagICLCompat
-from bge_icl.forward import embed_batch
+from bge_icl.forward import ForwardPath, build_prefix_cache
 from bge_icl.inputs import as_text_list
+from bge_icl.kinds import KINDS, Kind, check_kind
 from bge_icl.loading import LoadedModel, load_replicas
 from bge_icl.options import (
     MODEL_ALIASES,
@@ -35,24 +43,47 @@ from bge_icl.options import (
     frozen_message,
     positive_int,
 )
-from bge_icl.precision import check_calibration, check_precision, quantize
-from bge_icl.prefix_cache import PrefixCache, SharedPrefix, attention_window
-from bge_icl.prompts import ICLExample, build_prefix, format_query, validate_examples
-from bge_icl.replicas import ReplicaPool
-from bge_icl.shared_prefix import shared_prefix_cost, supports_shared_prefix
+from bge_icl.pooling import embedding_head
+from bge_icl.precision import Precision, check_calibration, check_precision, quantize
+from bge_icl.prefix_cache import PrefixCache, attention_window
+from bge_icl.prompt_layout import PromptLayout
+from bge_icl.prompts import ICLExample
+from bge_icl.scheduler import Counters, Job, Lane, Rows, scheduler_for
 from bge_icl.st_compat import SentenceTransformersCompat
-from bge_icl.tokenization import PrefixSplit, QueryPlan, Tokenized
+from bge_icl.tokenization import Tokenized
 from bge_icl.truncation import OnTruncation, TruncationError, TruncationWarning, check_mode, report_truncation
 
-__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "CallOptions", "Embedded", "ICLEmbedder", "Stats", "TruncationError",
-           "TruncationWarning"]
+__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "KINDS", "CallOptions", "Embedded", "ICLEmbedder", "Kind", "Request", "Stats",
+           "TruncationError", "TruncationWarning"]  # fmt: skip
 
-Kind = Literal["queries", "passages"]
 Texts = str | Iterable[str]
 Vectors = np.ndarray | torch.Tensor
-KINDS: tuple[Kind, ...] = ("queries", "passages")
-DEFAULT_MAX_BATCH_TOKENS = {"cuda": 65536, "cpu": 16384}
+DEFAULT_MAX_BATCH_TOKENS = {"cuda": 8192, "cpu": 2048}  # about 0.2 s a pass: the 7B on a GPU, the bench model on CPU
 DEFAULT_BATCH_SIZE: dict[str, int | None] = {"cpu": 32}  # other devices: no row limit, the token budget decides
+INLINE_PREPARE = 32  # aembed tokenizes this many texts on the event loop; more go to a worker thread
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What an embedder has done so far (a snapshot).
+
+    Attributes:
+        prefix_hits: Queries that ran on the cached few-shot prefix.
+        prefix_misses: Queries that ran as whole prompts although a prefix is cached (they did not start
+            with it, or would pass the attention window).
+        prefix_builds: Prefix key/value caches built (one per replica that ran a prefix batch).
+        replica_rows: Texts embedded by each replica, in ``devices`` order.
+        forward_passes: Forward passes that ran some of these texts (rows per pass =
+            ``sum(replica_rows) / forward_passes``; a pass shared with other embedders' calls counts for each).
+        queued_rows: Texts of calls in flight that have not been embedded yet.
+    """
+
+    prefix_hits: int
+    prefix_misses: int
+    prefix_builds: int
+    replica_rows: tuple[int, ...]
+    forward_passes: int = 0
+    queued_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,45 +103,46 @@ class Embedded:
 
 
 @dataclass(frozen=True)
-class Stats:
-    """What an embedder has done so far (a snapshot).
+class Request:
+    """One call, prepared (:meth:`ICLEmbedder.prepare`): what the batches and the report need.
 
     Attributes:
-        prefix_hits: Queries that ran on the cached few-shot prefix.
-        prefix_misses: Queries that ran as whole prompts although a prefix is cached (they did not start
-            with it, or would pass the attention window).
-        prefix_builds: Prefix key/value caches built (one per replica that ran a prefix batch).
-        replica_rows: Texts embedded by each replica, in ``devices`` order.
-        forward_passes: Forward passes run by the replicas (rows per pass = ``sum(replica_rows) / forward_passes``).
-        queued_rows: Texts of calls in flight that have not been embedded yet.
+        kind: ``"queries"`` or ``"passages"``.
+        ids: Each text's token ids, special tokens (and a query's few-shot prefix) included.
+        truncated: Indices of the texts that were cut.
+        limit: The length limit applied, as (its option name, its value), for the truncation report.
+        groups: The rows per lane (:class:`~bge_icl.scheduler.Rows`): cached queries on their prefix's lane,
+            then the rows that run whole (passages, and queries that do not continue the prefix).
     """
 
-    prefix_hits: int
-    prefix_misses: int
-    prefix_builds: int
-    replica_rows: tuple[int, ...]
-    forward_passes: int = 0
-    queued_rows: int = 0
+    kind: Kind
+    ids: list[list[int]]
+    truncated: list[int]
+    limit: tuple[str, int]
+    groups: tuple[Rows, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
-class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
+class ICLEmbedder(SentenceTransformersCompat):
     """bge-en-icl embeddings: few-shot (in-context) queries, plain passages, EOS pooling.
 
     Behaves like FlagEmbedding 1.4.2's ``FlagICLModel`` (same prompts, same truncation, same
     vectors), with the device and dtype fixed at load, one encode path for queries and passages,
     length-sorted token-budget batching and out-of-memory backoff. The options (see
     :class:`~bge_icl.options.EmbedderOptions` for each one's type, default and meaning) are fixed
-    once built; :meth:`with_options` makes another embedder that shares the loaded weights.
-    FlagEmbedding's public methods work too (:class:`~bge_icl.flag_compat.FlagICLCompat`), so
-    ``from bge_icl import ICLEmbedder as FlagICLModel`` runs existing code.
+    once built and read from :attr:`options`; :meth:`with_options` makes another embedder that shares the
+    loaded weights. FlagEmbedding's own surface (``set_examples``, ``encode``, its attribute names) is
+    :class:`bge_icl.FlagICLModel`, a subclass.
 
     Args:
         model_name_or_path: Hub id or local directory (also ``model_name=`` or ``model=``).
         **options: Any other :class:`~bge_icl.options.EmbedderOptions` field.
 
     Raises:
-        TypeError: An unknown option (the message lists the valid ones) or a value of the wrong type.
-        ValueError: A value out of range, or limits that leave no room for text.
+        OptionTypeError: An unknown option (the message lists the valid ones) or a value of the wrong type.
+        OptionValueError: A value out of range, or limits that leave no room for text.
         OSError: The model cannot be loaded.
 
     Example:
@@ -137,49 +169,31 @@ class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
         return self
 
     def _setup(self, options: EmbedderOptions) -> None:
-        o = self._options = options
-        self._initial_examples, self._backs_adapter = o.examples_for_task, False
-        self._examples = validate_examples(o.examples_for_task, o.query_instruction_for_retrieval)
-        self._prefix_text = build_prefix(self._examples, o.examples_instruction_format)
-        self._pool = ReplicaPool(
-            load_replicas(
-                o.model_name,
-                devices=o.devices,
-                dtype=o.dtype,
-                attn_implementation=o.attn_implementation,
-                use_fp16=o.use_fp16,
-                use_bf16=o.use_bf16,
-                trust_remote_code=o.trust_remote_code,
-                cache_dir=o.cache_dir,
-                revision=o.revision,
-                show_progress=o.show_progress is not False,
-            )
-        )
-        first = self._pool.replicas[0]
+        o = options
+        replicas = load_replicas(
+            o.model_name, devices=o.devices, dtype=o.dtype, attn_implementation=o.attn_implementation,
+            use_fp16=o.use_fp16, use_bf16=o.use_bf16, trust_remote_code=o.trust_remote_code,
+            cache_dir=o.cache_dir, revision=o.revision, show_progress=o.show_progress is not False,
+        )  # fmt: skip
+        first = replicas[0]
         if o.truncate_dim is not None and o.truncate_dim > first.hidden_size:
             msg = f"truncate_dim={o.truncate_dim} exceeds the model's dimension {first.hidden_size}"
             raise ValueError(msg)
+        self._options, self._scheduler = o, scheduler_for(replicas)
+        self._counters = Counters(len(replicas))
         self._budget = o.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS.get(first.device.type, 65536)
         self._rows = o.batch_size or DEFAULT_BATCH_SIZE.get(first.device.type)
-        # Cached queries attend to one shared copy of the prefix where the model's layout allows (else a copy per row).
-        shared = supports_shared_prefix(first.model) and os.environ.get("BGE_ICL_PREFIX_ATTENTION") != "copy"
-        self._row_cost: RowCost = shared_prefix_cost(first.model.config) if shared else copied_prefix_cost
-        self._shared_attention = shared
-        tok = first.tokenizer
-        self._plan = self._query_plan(o.query_max_length, "query_max_length")
+        self._path = ForwardPath.from_option(o.prefix_attention, first.model)
         self._passage_limit(o.passage_max_length, "passage_max_length")
-        special = set(tok.tokenizer.all_special_ids) - set(tok.head)
-        self._probes = [format_query(q, o.query_instruction_for_retrieval, o.query_instruction_format) for q in "a1"]
-        probe = tok.queries(self._probes, self._plan).ids
-        self._shared = SharedPrefix(lambda: (probe[0], probe[1]), tok.head, special, o.prefix_cache)
-        self._split: PrefixSplit | None = None
-        self._split_known = False
-
-    # -- configuration, read-only ---------------------------------------------------------------
+        self._layout = PromptLayout.build(o, first.tokenizer, attention_window(first.model))
+        self._whole = Lane(("whole",), 0, copied_prefix_cost, self._forward_whole)
+        self._cached = Lane(("prefix", self._layout.caches, self._path.attention, self._path.kernel),
+                            len(self._layout.cached_ids or ()), self._path.row_cost, self._forward_cached)  # fmt: skip
 
     def __getattr__(self, name: str) -> Any:
-        if not name.startswith("_") and name in EmbedderOptions.OPTION_NAMES:
-            return getattr(self._options, name)
+        if name in EmbedderOptions.OPTION_NAMES:
+            msg = f"{type(self).__name__} reads its options from .options: use .options.{name}"
+            raise AttributeError(msg)
         msg = f"{type(self).__name__!r} object has no attribute {name!r}"
         raise AttributeError(msg)
 
@@ -188,50 +202,57 @@ class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
             raise FrozenOptionError(frozen_message(name))
         object.__setattr__(self, name, value)
 
+    # -- what was decided at setup, read-only ----------------------------------------------------
+
     @property
     def options(self) -> EmbedderOptions:
         """The validated options this embedder was built with (immutable)."""
         return self._options
 
     @property
-    def model_name_or_path(self) -> str:
-        """The model option as given (FlagEmbedding's name for it)."""
-        return self._options.model_name
-
-    @property
     def examples(self) -> tuple[ICLExample, ...]:
         """The few-shot examples, each with its ``instruct`` filled in."""
-        return self._examples
+        return self._layout.examples
 
     @property
     def prefix(self) -> str:
         """The few-shot prefix text put before every query ('' when zero-shot)."""
-        return self._prefix_text
+        return self._layout.prefix
+
+    @property
+    def layout(self) -> PromptLayout:
+        """The query prompt's layout: prefix, budgets, cached ids, where prompts split."""
+        return self._layout
+
+    @property
+    def forward_path(self) -> ForwardPath:
+        """The forward path cached queries run on (``prefix_attention`` resolved for this model and device)."""
+        return self._path
 
     @property
     def replicas(self) -> tuple[LoadedModel, ...]:
         """The loaded models, one per ``devices`` entry; shared with other embedders of the same weights."""
-        return self._pool.replicas
+        return self._scheduler.replicas
 
     @property
     def dimension(self) -> int:
         """Size of each embedding (the model's hidden size, 4096 for bge-en-icl, or ``truncate_dim``)."""
-        return self._options.truncate_dim or self._pool.replicas[0].hidden_size
+        return self._options.truncate_dim or self._scheduler.replicas[0].hidden_size
 
     @property
     def device(self) -> torch.device:
         """The (first) device the model runs on, fixed at load."""
-        return self._pool.replicas[0].device
+        return self._scheduler.replicas[0].device
 
     @property
-    def devices(self) -> list[torch.device]:
-        """Every device holding a replica, in the order given."""
-        return [r.device for r in self._pool.replicas]
+    def replica_devices(self) -> list[torch.device]:
+        """Every device holding a replica, in the order of the ``devices`` option."""
+        return [r.device for r in self._scheduler.replicas]
 
     @property
-    def dtype(self) -> torch.dtype:
-        """The model's dtype, fixed at load."""
-        return self._pool.replicas[0].dtype
+    def torch_dtype(self) -> torch.dtype:
+        """The model's dtype, fixed at load (the ``dtype`` option resolved)."""
+        return self._scheduler.replicas[0].dtype
 
     @property
     def token_budget(self) -> int:
@@ -239,34 +260,45 @@ class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
         return self._budget
 
     @property
+    def row_limit(self) -> int | None:
+        """Most texts per forward pass (``batch_size``, or its default for the device; None: the budget decides)."""
+        return self._rows
+
+    @property
     def prefix_ids(self) -> tuple[int, ...] | None:
         """The token ids whose keys/values are cached (None when queries run whole)."""
-        return self._shared.ids(attention_window(self._pool.replicas[0].model))
+        return self._layout.cached_ids
 
     @property
     def prefix_length(self) -> int | None:
         """How many tokens of every query are cached (None when queries run whole)."""
-        ids = self.prefix_ids
+        ids = self._layout.cached_ids
         return None if ids is None else len(ids)
 
     @property
     def prefix_caches(self) -> dict[int, PrefixCache]:
         """The prefix key/value caches built so far, by replica index (a snapshot)."""
-        return self._shared.caches
+        return self._layout.caches.caches
 
     @property
     def stats(self) -> Stats:
         """Counters of the prefix cache and of the replicas' work so far."""
-        s, pool = self._shared, self._pool
-        return Stats(s.hits, s.misses, s.builds, pool.rows, pool.passes, pool.queued)
+        c = self._layout.caches
+        return Stats(c.hits, c.misses, c.builds, *self._counters.snapshot())
+
+    @property
+    def scheduler_stats(self) -> Stats:
+        """:attr:`stats` of every embedder on these weights together (they share the scheduler and its passes): what
+        a server reports. The prefix counters are this embedder's."""
+        c = self._layout.caches
+        return Stats(c.hits, c.misses, c.builds, *self._scheduler.counters.snapshot())
 
     def fingerprint(self, kind: Kind) -> str:
         """sha256 of everything that determines a ``kind`` vector (:func:`bge_icl.fingerprint.fingerprint`):
         equal fingerprints, equal vectors."""
-        first = self._pool.replicas[0]
-        o = self._check_kind(kind)
-        return fingerprint(o, kind, source=first.source, dtype=str(first.dtype), dimension=self.dimension,
-                           prefix=self.prefix)  # fmt: skip
+        first = self._scheduler.replicas[0]
+        return fingerprint(self._options, check_kind(kind), source=first.source, dtype=str(first.dtype),
+                           dimension=self.dimension, prefix=self.prefix)  # fmt: skip
 
     def with_options(self, **changes: Any) -> ICLEmbedder:
         """A new embedder with ``changes`` applied; it shares the loaded weights when the model settings agree."""
@@ -285,11 +317,11 @@ class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}({self.model_name_or_path!r}, examples={len(self.examples)}, "
-            f"device={str(self.device)!r}, dtype={self.dtype}, dimension={self.dimension})"
+            f"{type(self).__name__}({self._options.model_name!r}, examples={len(self.examples)}, "
+            f"device={str(self.device)!r}, dtype={self.torch_dtype}, dimension={self.dimension})"
         )
 
-    # -- options -> tokenize -> run ------------------------------------------------------------------
+    # -- calls ------------------------------------------------------------------------------------
 
     def encode_queries(self, queries: Texts, batch_size: int | None = None, max_length: int | None = None,
                        convert_to_numpy: bool | None = None, **call: Unpack[CallOptions]) -> Vectors:  # fmt: skip
@@ -300,7 +332,8 @@ class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
             batch_size: Most texts per forward pass, for this call (FlagEmbedding's argument).
             max_length: ``query_max_length`` for this call.
             convert_to_numpy: False = return a float32 torch tensor (on the CPU) for this call.
-            **call: ``show_progress`` / ``on_truncation`` for this call only (see :class:`CallOptions`).
+            **call: ``show_progress`` / ``on_truncation`` / ``precision`` / ``calibration`` for this call only
+                (see :class:`CallOptions`).
 
         Returns:
             float32 array, shape (N, dimension), or (dimension,) for a single ``str``.
@@ -324,17 +357,41 @@ class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
         Returns:
             An :class:`Embedded` (float32 vectors in input order, token counts, truncated indices).
         """
-        self._check_kind(kind)
-        items, _ = as_text_list(texts)
-        mode = self._options.on_truncation if on_truncation is None else check_mode(on_truncation)
-        tokenized, reported = self._tokenize(items, kind, None)
-        report_truncation(tokenized.truncated, len(items), kind, reported, mode, stacklevel=3)
-        vectors = self._run(tokenized.ids, kind, False, self._rows)
-        return Embedded(vectors, tuple(len(x) for x in tokenized.ids), tuple(tokenized.truncated))
+        request = self.prepare(as_text_list(texts)[0], kind)
+        self._report(request, on_truncation)
+        vectors = self._run(request, False, self._rows)
+        return Embedded(vectors, tuple(len(x) for x in request.ids), tuple(request.truncated))
 
     async def aembed(self, texts: Sequence[str], kind: Kind, *, on_truncation: OnTruncation | None = None) -> Embedded:
-        """:meth:`embed` for asyncio callers; the event loop keeps running while the model works."""
-        return await asyncio.to_thread(self.embed, texts, kind, on_truncation=on_truncation)
+        """:meth:`embed` for asyncio callers: the rows join the scheduler's queue and the coroutine waits for them
+        without blocking the event loop, so concurrent calls share forward passes. Cancelling the awaiting task
+        drops the rows that have not run (a pass that is running finishes)."""
+        items = as_text_list(texts)[0]
+        if len(items) > INLINE_PREPARE:  # tokenizing many texts takes a while: not on the event loop
+            request = await asyncio.to_thread(self.prepare, items, kind)
+        else:
+            request = self.prepare(items, kind)
+        self._report(request, on_truncation)
+        job = self._job(request, self._rows)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def resolve() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop may have closed meanwhile
+                loop.call_soon_threadsafe(resolve)
+
+        job.on_done(wake)
+        self._scheduler.submit(job)
+        try:
+            await done
+        except BaseException:
+            self._scheduler.cancel(job)
+            raise
+        return Embedded(job.result(), tuple(len(x) for x in request.ids), tuple(request.truncated))
 
     def check_truncation(self, texts: Iterable[str], kind: Kind) -> list[int]:
         """Report, as an encode call would, which ``texts`` exceed their max length, without embedding them.
@@ -348,62 +405,77 @@ class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
         Raises:
             TruncationError: Some would be, and ``on_truncation="error"``.
         """
-        self._check_kind(kind)
-        items, _ = as_text_list(texts)
-        tokenized, limit = self._tokenize(items, kind, None)
-        report_truncation(tokenized.truncated, len(items), kind, limit, self._options.on_truncation, stacklevel=3)
-        return tokenized.truncated
+        request = self.prepare(as_text_list(texts)[0], kind)
+        self._report(request, None)
+        return request.truncated
 
     def tokenize_queries(self, queries: Sequence[str], max_length: int | None = None) -> Tokenized:
         """The exact token ids the model sees for ``queries`` (special tokens included); ``max_length`` as in
         :meth:`encode_queries`."""
-        o = self._options
-        plan = self._plan if max_length in (None, o.query_max_length) else self._query_plan(max_length, "max_length")
-        formatted = [format_query(q, o.query_instruction_for_retrieval, o.query_instruction_format) for q in queries]
-        return self._pool.replicas[0].tokenizer.queries(formatted, plan, self._query_split())
-
-    def _query_split(self) -> PrefixSplit | None:
-        """Where query prompts split into the cached prefix (ids known) and the rest (tokenized per call)."""
-        if not self._split_known:
-            tok, ids = self._pool.replicas[0].tokenizer, self.prefix_ids
-            self._split = None if ids is None else tok.prefix_split(tok.prompts(self._probes, self._plan)[0], ids)
-            self._split_known = True
-        return self._split
+        tok = self._scheduler.replicas[0].tokenizer
+        return self._layout.tokenize(tok, queries, self._layout.plan_for(tok, max_length))
 
     def tokenize_corpus(self, corpus: Sequence[str], max_length: int | None = None) -> Tokenized:
         """The exact token ids the model sees for ``corpus`` (special tokens included)."""
         limit = self._options.passage_max_length if max_length is None else self._passage_limit(max_length)
-        return self._pool.replicas[0].tokenizer.passages(corpus, limit)
+        return self._scheduler.replicas[0].tokenizer.passages(corpus, limit)
 
-    def _query_plan(self, max_length: int, name: str = "max_length") -> QueryPlan:
-        o, tok = self._options, self._pool.replicas[0].tokenizer
-        plan = tok.query_plan(self._prefix_text, o.suffix, positive_int(name, max_length))
-        if plan.query_budget <= 0:
-            msg = (
-                f"{name}={max_length} leaves no room for the query: BOS, the suffix "
-                f"{o.suffix!r} and EOS take {max_length - plan.query_budget} tokens"
-            )
-            raise ValueError(msg)
-        return plan
+    # -- the stages -------------------------------------------------------------------------------
+
+    def prepare(self, texts: Sequence[str], kind: Kind, max_length: int | None = None) -> Request:
+        """Stage 1: checked ``texts`` to token ids, truncation, and rows per lane (no work on the model).
+
+        Args:
+            texts: The texts, already checked (:func:`bge_icl.inputs.as_text_list`).
+            kind: ``"queries"`` or ``"passages"``.
+            max_length: This call's length limit (None: the option's).
+
+        Raises:
+            OptionValueError: An unknown ``kind``, or ``max_length`` leaves no room for text.
+        """
+        name = "query_max_length" if check_kind(kind) == "queries" else "passage_max_length"
+        limit = (name, getattr(self._options, name)) if max_length is None else ("max_length", max_length)
+        tokenized = (self.tokenize_queries if kind == "queries" else self.tokenize_corpus)(texts, max_length)
+        ids = tokenized.ids
+        if kind == "passages":
+            groups = [(list(range(len(ids))), [len(x) for x in ids], 0)]
+        else:
+            groups = self._layout.caches.split(ids, attention_window(self._scheduler.replicas[0].model))
+        lanes = tuple(Rows(self._cached if skip else self._whole, rows, lengths) for rows, lengths, skip in groups)
+        return Request(kind, ids, tokenized.truncated, limit, lanes)
+
+    def _forward_whole(self, replica: int, loaded: LoadedModel, ids: list[Sequence[int]]) -> torch.Tensor:
+        """Stage 2, whole prompts: one forward pass of rows from any calls on these weights -> (B, H) pooled."""
+        return self._path.pooled(loaded.model, ids, loaded.tokenizer.pad_id, None)
+
+    def _forward_cached(self, replica: int, loaded: LoadedModel, ids: list[Sequence[int]]) -> torch.Tensor:
+        """Stage 2, cached queries: one pass of this prefix's queries (any calls of this layout) -> (B, H) pooled."""
+        prefix = self._layout.caches.cache_on(replica, loaded.model, build_prefix_cache)
+        return self._path.pooled(loaded.model, ids, loaded.tokenizer.pad_id, prefix)
+
+    def _head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Stage 2, this call's part of a pass: (B, H) pooled -> (B, D) float32 vectors (cut, normalized)."""
+        return embedding_head(pooled, self._options.truncate_dim, self._options.normalize_embeddings)
+
+    def finish(self, vectors: np.ndarray, precision: Precision, calibration: np.ndarray | None, numpy: bool,
+               single: bool) -> Vectors:  # fmt: skip
+        """Stage 3: the call's float32 vectors, (N, D) in input order, as the caller asked for them."""
+        out = quantize(vectors, precision, calibration)
+        result = out if numpy else torch.from_numpy(out)
+        return result[0] if single else result
+
+    # -- the drive ---------------------------------------------------------------------------------
 
     def _passage_limit(self, max_length: int, name: str = "max_length") -> int:
-        special = self._pool.replicas[0].tokenizer.n_special
+        special = self._scheduler.replicas[0].tokenizer.n_special
         if positive_int(name, max_length) <= special:
             msg = f"{name}={max_length} leaves no room for text next to {special} special tokens"
-            raise ValueError(msg)
+            raise OptionValueError(msg, option=name, value=max_length)
         return max_length
 
-    def _check_kind(self, kind: str) -> EmbedderOptions:
-        if kind not in KINDS:
-            msg = f"kind={kind!r} is not supported; valid: {KINDS}"
-            raise ValueError(msg)
-        return self._options
-
-    def _tokenize(self, items: list[str], kind: Kind, max_length: int | None) -> tuple[Tokenized, tuple[str, int]]:
-        name = "query_max_length" if kind == "queries" else "passage_max_length"
-        limit = (name, getattr(self._options, name)) if max_length is None else ("max_length", max_length)
-        tokenize = self.tokenize_queries if kind == "queries" else self.tokenize_corpus
-        return tokenize(items, max_length), limit
+    def _report(self, request: Request, mode: OnTruncation | None) -> None:
+        mode = self._options.on_truncation if mode is None else check_mode(mode)
+        report_truncation(request.truncated, len(request), request.kind, request.limit, mode, stacklevel=4)
 
     def _encode(
         self, texts: Texts, kind: Kind, rows: int | None, limit: int | None, numpy: bool | None, **call: Any
@@ -416,44 +488,28 @@ class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
         o = self._options
         rows = self._rows if rows is None else positive_int("batch_size", rows)
         numpy = o.convert_to_numpy if numpy is None else flag("convert_to_numpy", numpy)
-        mode, show = call.get("on_truncation"), call.get("show_progress")
-        on_truncation = o.on_truncation if mode is None else check_mode(mode)
         items, single = as_text_list(texts)
         precision = check_precision(call.get("precision") or "float32")
         calibration = check_calibration(precision, call.get("calibration"), self.dimension, len(items))
-        tokenized, reported = self._tokenize(items, kind, limit)
-        report_truncation(tokenized.truncated, len(items), kind, reported, on_truncation, stacklevel=3)
-        vectors = self._run(tokenized.ids, kind, o.show_progress if show is None else show, rows)
-        vectors = quantize(vectors, precision, calibration)
-        out = vectors if numpy else torch.from_numpy(vectors)
-        return out[0] if single else out
+        request = self.prepare(items, kind, limit)
+        self._report(request, call.get("on_truncation"))
+        show = call.get("show_progress")
+        vectors = self._run(request, o.show_progress if show is None else show, rows)
+        return self.finish(vectors, precision, calibration, numpy, single)
 
-    def _run(self, ids: list[list[int]], kind: Kind, show: bool | None, rows: int | None) -> np.ndarray:  # (N, D)
-        """Embed token-id lists longest first under the token budget; rows come back in input order.
+    def _job(self, request: Request, rows: int | None, progress: Any = None) -> Job:
+        """The scheduler's job for ``request`` (stage 2 runs there, in passes shared with other calls)."""
+        if request.kind == "queries":
+            cached = sum(len(g.rows) for g in request.groups if g.lane.skip)
+            self._layout.caches.count(cached, len(request) - cached)
+        wait = self._options.batch_wait_ms / 1000
+        return Job(request.ids, request.groups, self._head, self.dimension, self._budget, rows, wait, progress,
+                   self._counters)
 
-        Queries that start with the cached prefix run on it; the rest run as whole prompts.
-        """
-        n, pad_id = len(ids), self._pool.replicas[0].tokenizer.pad_id
-        window = attention_window(self._pool.replicas[0].model)
-        groups = self._shared.split(ids, window) if kind == "queries" else [(list(range(n)), [len(x) for x in ids], 0)]
-        queue = BatchQueue(groups, rows, self._budget, self._row_cost)
-        out = np.empty((n, self.dimension), dtype=np.float32)  # (N, H)
-
-        def step(replica: int, loaded: LoadedModel, batch: Batch) -> torch.Tensor:
-            prefix = self._shared.cache_on(replica, loaded.model) if batch.skip else None
-            o, batch_ids = self._options, [ids[i] for i in batch.rows]
-            shared = self._shared_attention
-            return embed_batch(loaded.model, batch_ids, pad_id, o.normalize_embeddings, prefix, o.truncate_dim, shared)
-
-        disable = (not show) if show is not None else (True if queue.batches <= 1 else None)
-        done: list[tuple[list[int], torch.Tensor]] = []  # vectors stay on their device until the call ends
-        with tqdm(total=n, desc=f"Embedding {kind}", unit="text", disable=disable) as bar:
-
-            def sink(batch: Batch, vectors: torch.Tensor) -> None:
-                done.append((batch.rows, vectors))  # no host sync here: the next batch is queued at once
-                bar.update(len(batch.rows))
-
-            self._pool.run(queue, step, sink)
-        for rows_of_batch, vectors in done:
-            out[rows_of_batch] = vectors.cpu().numpy()  # (B, D): one copy to the host per batch, after all ran
-        return out
+    def _run(self, request: Request, show: bool | None, rows: int | None) -> np.ndarray:  # (N, D)
+        """Run ``request`` through the scheduler; the vectors come back in input order."""
+        cost = sum(len(g.rows) * g.lane.row_cost(max(g.lengths, default=0), g.lane.skip) for g in request.groups)
+        several = cost > self._budget or (rows is not None and len(request) > rows)  # more than one pass
+        disable = (not show) if show is not None else (True if not several else None)
+        with tqdm(total=len(request), desc=f"Embedding {request.kind}", unit="text", disable=disable) as bar:
+            return self._scheduler.run(self._job(request, rows, bar.update))

@@ -1,16 +1,58 @@
-"""One forward pass over a batch of token-id lists: pad, run the base model, pool, normalize."""
+"""Every forward pass bge-icl runs, and the one factory that picks the query path once, at setup.
+
+Three paths embed a batch of token-id lists:
+
+- **whole prompt** (:func:`forward_whole`): each row is a whole sequence, left-padded; positions count real tokens
+  only (``cumsum(mask) - 1``), so a sequence gets the same positions whatever it is batched with. Passages, and
+  queries that do not continue the cached prefix, run this way.
+- **copied prefix** (:func:`forward_copied_prefix`): rows hold only the tokens after the cached few-shot prefix,
+  right-padded; the prefix's keys and values are expanded to every row in a ``DynamicCache``.
+- **shared prefix** (:func:`forward_shared_prefix`): the same rows; the decoder layers run one by one and each
+  layer's attention is cascade attention (:mod:`bge_icl.cascade_attention`) against one shared copy of the prefix.
+  The layers' own modules (norms, projections, rotary embedding, MLP) do the rest, so the weights and the math
+  are the model's; only the attention kernel is replaced. Llama/Mistral decoder layout only.
+
+:class:`PrefixAttention` names the choices (the ``prefix_attention`` option); :meth:`ForwardPath.from_option`
+resolves one to the functions that run, once per embedder (as vLLM's ``PoolingMethod.from_pooling_type``).
+:func:`build_prefix_cache` runs the prefix itself once.
+"""
 
 from __future__ import annotations
 
+import enum
+import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from bge_icl.pooling import l2_normalize, last_token_pool
-from bge_icl.prefix_cache import PrefixCache, forward_with_prefix
-from bge_icl.shared_prefix import forward_shared_prefix
+from bge_icl.batching import RowCost, copied_prefix_cost, shared_prefix_cost
+from bge_icl.cascade_attention import SCORE_CHUNK, cascade_attention_chunked, cascade_attention_fused, has_fused_kernel
+from bge_icl.errors import OptionValueError
+from bge_icl.pooling import last_token_pool
+from bge_icl.prefix_cache import PrefixCache
+from bge_icl.transformers_compat import apply_rotary_pos_emb, cache_kwarg, cache_layers, new_cache, rotary_embedding
+
+_LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+_ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim")
+
+
+class PrefixAttention(str, enum.Enum):
+    """How cached queries attend to the few-shot prefix (the ``prefix_attention`` option)."""
+
+    AUTO = "auto"
+    """``shared`` where the model has the Llama/Mistral layout, else ``copy``."""
+    SHARED = "shared"
+    """One shared copy of the prefix, cascade attention with the device's best kernel (fused on the CPU)."""
+    SHARED_EXPLICIT = "shared-explicit"
+    """One shared copy, cascade attention with the explicit float32 kernel (the GPU kernel; for comparisons)."""
+    COPY = "copy"
+    """The prefix's keys/values copied to every row of the batch (any model; for comparisons)."""
+
+
+PREFIX_ATTENTION: tuple[str, ...] = tuple(p.value for p in PrefixAttention)
 
 
 def pad(
@@ -33,33 +75,168 @@ def pad(
     return ids.to(device), real.long().to(device)
 
 
-@torch.inference_mode()
-def embed_batch(
-    model: Any,
-    batch: Sequence[Sequence[int]],
-    pad_id: int,
-    normalize: bool,
-    prefix: PrefixCache | None = None,
-    truncate_dim: int | None = None,
-    shared: bool = True,
-) -> torch.Tensor:
-    """Embeddings of one batch, shape (B, D) float32 (D = H, or ``truncate_dim``), on the model's device.
+def supports_shared_prefix(model: Any) -> bool:
+    """Whether ``model`` has the Llama/Mistral decoder layout :func:`forward_shared_prefix` runs."""
+    layers = getattr(model, "layers", None)
+    if not layers or not all(hasattr(model, a) for a in ("embed_tokens", "norm")) or rotary_embedding(model) is None:
+        return False
+    layer = layers[0]
+    return all(hasattr(layer, a) for a in _LAYER_PARTS) and all(hasattr(layer.self_attn, a) for a in _ATTENTION_PARTS)
 
-    Without ``prefix``, each row is a whole sequence, left-padded; positions count real tokens only
-    (``cumsum(mask) - 1``), so a sequence gets the same positions whatever it is batched with. With
-    ``prefix``, each row holds only the tokens after the cached prefix, right-padded after it, and attends to
-    the one shared copy of the prefix (``shared``, :mod:`bge_icl.shared_prefix`) or to a per-row copy.
+
+def forward_whole(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states of whole, left-padded sequences (B, T) -> (B, T, H); positions count real tokens."""
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    return out.last_hidden_state  # (B, T, H)
+
+
+def forward_copied_prefix(
+    model: Any, prefix: PrefixCache, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Last hidden states of query tokens that continue ``prefix``, the prefix's keys/values copied per row.
+
+    Args:
+        model: The base model.
+        prefix: The cached prefix (P tokens).
+        input_ids: The tokens after the prefix, right-padded, shape (B, T).
+        attention_mask: 1 for real tokens, shape (B, T).
+
+    Returns:
+        Hidden states of shape (B, T, H).
     """
+    B, T = input_ids.shape
+    P = prefix.length
+    layers = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix.layers]  # (B, kv, P, d)
+    full_mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)  # (B, P + T)
+    position_ids = (P + torch.arange(T, device=input_ids.device)).expand(B, T)  # (B, T)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=full_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        **{cache_kwarg(model): new_cache(layers)},
+    )
+    return out.last_hidden_state  # (B, T, H)
+
+
+def forward_shared_prefix(
+    model: Any, prefix: PrefixCache, input_ids: torch.Tensor, attention_mask: torch.Tensor, fused: bool
+) -> torch.Tensor:
+    """Last hidden states of query tokens that continue ``prefix``, attending to one shared copy of it.
+
+    Args:
+        model: The base model (Llama/Mistral layout, see :func:`supports_shared_prefix`).
+        prefix: The cached prefix (P tokens).
+        input_ids: The tokens after the prefix, right-padded, shape (B, T).
+        attention_mask: 1 for real tokens, shape (B, T).
+        fused: Use :func:`~bge_icl.cascade_attention.cascade_attention_fused` (else the explicit kernel in row
+            chunks of :data:`~bge_icl.cascade_attention.SCORE_CHUNK` scores).
+
+    Returns:
+        Hidden states of shape (B, T, H), after the final norm (as ``last_hidden_state``).
+    """
+    B, T = input_ids.shape
+    P = prefix.length
+    config = model.config
+    Hq, Hkv = int(config.num_attention_heads), int(config.num_key_value_heads)
+    x = model.embed_tokens(input_ids)  # (B, T, H)
+    position_ids = (P + torch.arange(T, device=input_ids.device)).expand(B, T)  # (B, T)
+    cos, sin = rotary_embedding(model)(x, position_ids)  # each (B, T, d)
+    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
+    allowed = causal[None] & attention_mask.bool()[:, None, :]  # (B, T, T)
+    max_scores = SCORE_CHUNK.get(x.device.type, 2**27)
+    for layer, (prefix_k, prefix_v) in zip(model.layers, prefix.layers, strict=True):
+        attn = layer.self_attn
+        d = int(attn.head_dim)
+        h = layer.input_layernorm(x)  # (B, T, H)
+        q = attn.q_proj(h).view(B, T, Hq, d).transpose(1, 2)  # (B, Hq, T, d)
+        k = attn.k_proj(h).view(B, T, Hkv, d).transpose(1, 2)  # (B, Hkv, T, d)
+        v = attn.v_proj(h).view(B, T, Hkv, d).transpose(1, 2)  # (B, Hkv, T, d)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        pk, pv = prefix_k[0], prefix_v[0]  # (Hkv, P, d)
+        if fused:
+            out = cascade_attention_fused(q, k, v, pk, pv, d**-0.5)  # (B, Hq, T, d)
+        else:
+            out = cascade_attention_chunked(q, k, v, pk, pv, allowed, d**-0.5, max_scores)  # (B, Hq, T, d)
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(B, T, Hq * d))  # (B, T, H)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))  # (B, T, H)
+    return model.norm(x)  # (B, T, H)
+
+
+@torch.inference_mode()
+def build_prefix_cache(model: Any, ids: Sequence[int]) -> PrefixCache:
+    """Run ``ids`` through ``model`` once and keep the keys and values of every layer."""
     device = next(model.parameters()).device
-    if prefix is None:
-        input_ids, mask = pad(batch, pad_id, device, "left")  # (B, T), (B, T)
-        position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
-        hidden = out.last_hidden_state  # (B, T, H)
-    else:
-        tails = [seq[prefix.length :] for seq in batch]
-        input_ids, mask = pad(tails, pad_id, device, "right")  # (B, T), (B, T)
-        forward = forward_shared_prefix if shared else forward_with_prefix
-        hidden = forward(model, prefix, input_ids, mask)  # (B, T, H)
-    pooled = last_token_pool(hidden, mask)[:, :truncate_dim]  # (B, D): truncated before normalizing
-    return l2_normalize(pooled) if normalize else pooled.float()
+    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, P)
+    position_ids = torch.arange(len(ids), device=device)[None]  # (1, P)
+    out = model(input_ids=input_ids, position_ids=position_ids, use_cache=True)
+    cache = out.get("cache", None) or out.get("past_key_values", None)
+    return PrefixCache(tuple(ids), cache_layers(cache))  # each layer: (1, kv_heads, P, head_dim) twice
+
+
+PrefixForward = Callable[[Any, PrefixCache, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(model, prefix, tail ids (B, T), tail mask (B, T)) -> last hidden states (B, T, H)."""
+
+
+@dataclass(frozen=True)
+class ForwardPath:
+    """The forward passes of one embedder, resolved once from its ``prefix_attention`` option.
+
+    Attributes:
+        attention: The resolved choice (never ``auto``).
+        kernel: ``"fused"`` or ``"explicit"`` for the shared paths, None for ``copy``.
+        prefix_forward: Runs cached-query tails against the prefix.
+        row_cost: The cost of one cached-query row, in tokens, for batching (:mod:`bge_icl.batching`).
+    """
+
+    attention: PrefixAttention
+    kernel: str | None
+    prefix_forward: PrefixForward
+    row_cost: RowCost
+
+    @classmethod
+    def from_option(cls, prefix_attention: str, model: Any) -> ForwardPath:
+        """The path ``prefix_attention`` names, for ``model`` on its device.
+
+        Raises:
+            OptionValueError: An unknown value, or a shared path asked of a model without the Llama/Mistral layout.
+        """
+        try:
+            choice = PrefixAttention(prefix_attention)
+        except ValueError:
+            msg = f"prefix_attention={prefix_attention!r} is not supported; valid: {PREFIX_ATTENTION}"
+            raise OptionValueError(msg, option="prefix_attention", value=prefix_attention) from None
+        shared_ok = supports_shared_prefix(model)
+        if choice is PrefixAttention.AUTO:
+            choice = PrefixAttention.SHARED if shared_ok else PrefixAttention.COPY
+        if choice is PrefixAttention.COPY:
+            return cls(choice, None, forward_copied_prefix, copied_prefix_cost)
+        if not shared_ok:
+            msg = (
+                f"prefix_attention={prefix_attention!r} needs the Llama/Mistral decoder layout, which "
+                f"{type(model).__name__} does not have; use 'auto' or 'copy'"
+            )
+            raise OptionValueError(msg, option="prefix_attention", value=prefix_attention)
+        device = next(model.parameters()).device
+        fused = choice is PrefixAttention.SHARED and has_fused_kernel(device)
+        forward = functools.partial(forward_shared_prefix, fused=fused)
+        return cls(choice, "fused" if fused else "explicit", forward, shared_prefix_cost(model.config))
+
+    @torch.inference_mode()
+    def pooled(
+        self, model: Any, batch: Sequence[Sequence[int]], pad_id: int, prefix: PrefixCache | None
+    ) -> torch.Tensor:
+        """The last-token hidden states of one batch, shape (B, H) in the model's dtype, on its device.
+
+        Without ``prefix`` the rows are whole sequences (:func:`forward_whole`); with it, each row's tokens after
+        ``prefix.length`` run on the prefix path.
+        """
+        device = next(model.parameters()).device
+        if prefix is None:
+            input_ids, mask = pad(batch, pad_id, device, "left")  # (B, T), (B, T)
+            hidden = forward_whole(model, input_ids, mask)  # (B, T, H)
+        else:
+            input_ids, mask = pad([seq[prefix.length :] for seq in batch], pad_id, device, "right")  # (B, T)
+            hidden = self.prefix_forward(model, prefix, input_ids, mask)  # (B, T, H)
+        return last_token_pool(hidden, mask)  # (B, H)

@@ -7,6 +7,7 @@ adapter) with the same model, device, dtype and attention settings share one set
 from __future__ import annotations
 
 import importlib.util
+import numbers
 import os
 import re
 import threading
@@ -15,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 from huggingface_hub.errors import HFValidationError
-from packaging.version import Version
 
 from bge_icl.errors import OptionTypeError, OptionValueError
 from bge_icl.tokenization import PromptTokenizer
+from bge_icl.transformers_compat import dtype_kwarg
 
 DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -37,6 +39,41 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 DeviceSpec = str | int | torch.device | list[str] | list[int] | tuple[str | int, ...] | None
 
 
+def _device_entry(entry: Any) -> str | int:
+    if isinstance(entry, torch.device):
+        return str(entry)
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, (bool, np.bool_)) or not isinstance(entry, numbers.Integral):
+        kind = type(entry).__name__
+        msg = f"devices entry {entry!r} is {kind}; expected a str like 'cpu'/'cuda:0' or an int GPU index"
+        raise OptionTypeError(msg, option="devices", value=entry)
+    return int(entry)
+
+
+def check_devices(devices: Any) -> str | int | tuple[str | int, ...] | None:
+    """``devices`` in the option's form (a str, an int, a tuple of them, or None), without looking at the hardware.
+
+    The one check of a ``devices`` value's type and shape: the option validates with it, and
+    :func:`resolve_devices` starts with it. A ``torch.device`` becomes its string, numpy ints ``int``, a list a tuple.
+
+    Raises:
+        OptionTypeError: A bool, or an entry that is not a str, int or ``torch.device``.
+        OptionValueError: An empty list.
+    """
+    if devices is None or isinstance(devices, str):
+        return devices
+    if isinstance(devices, (bool, np.bool_)):
+        msg = f"devices={devices!r} is not a device; use a str like 'cpu' or 'cuda:0', an int GPU index, or a list"
+        raise OptionTypeError(msg, option="devices", value=devices)
+    if isinstance(devices, (list, tuple)):
+        if not devices:
+            msg = "devices=[] names no device; use None (auto), 'cpu', 'cuda:0', 0, or a list of them"
+            raise OptionValueError(msg, option="devices", value=devices)
+        return tuple(_device_entry(entry) for entry in devices)
+    return _device_entry(devices)
+
+
 def resolve_devices(devices: DeviceSpec) -> list[str]:
     """Turn FlagEmbedding-style ``devices`` into a list of torch device strings.
 
@@ -45,30 +82,22 @@ def resolve_devices(devices: DeviceSpec) -> list[str]:
     twice gets two replicas.
 
     Raises:
-        TypeError: ``devices`` has another type.
-        ValueError: The list is empty, or a CUDA device is asked for and CUDA is not available.
+        OptionTypeError: ``devices`` has another type (:func:`check_devices`).
+        OptionValueError: The list is empty, a name is not a device, or a CUDA device is asked for and CUDA is not
+            available.
 
     Example:
         >>> resolve_devices("cpu")
         ['cpu']
     """
-    if devices is None:
+    checked = check_devices(devices)
+    if checked is None:
         return ["cuda:0" if torch.cuda.is_available() else "cpu"]
-    if devices == "auto":
+    if checked == "auto":
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
-    if isinstance(devices, bool):
-        msg = f"devices={devices!r} is not a device; use a str like 'cpu' or 'cuda:0', an int GPU index, or a list"
-        raise OptionTypeError(msg, option="devices", value=devices)
-    items: list[Any] = list(devices) if isinstance(devices, (list, tuple)) else [devices]
-    if not items:
-        msg = "devices=[] names no device; use None (auto), 'cpu', 'cuda:0', 0, or a list of them"
-        raise OptionValueError(msg, option="devices", value=devices)
     out = []
-    for d in items:
-        if isinstance(d, bool) or not isinstance(d, (str, int, torch.device)):
-            msg = f"devices entry {d!r} is {type(d).__name__}; expected a str like 'cpu'/'cuda:0' or an int GPU index"
-            raise OptionTypeError(msg, option="devices", value=devices)
-        name = f"cuda:{d}" if isinstance(d, int) else str(d)
+    for d in checked if isinstance(checked, tuple) else (checked,):
+        name = f"cuda:{d}" if isinstance(d, int) else d
         try:
             dev = torch.device(name)
         except RuntimeError as e:
@@ -152,11 +181,6 @@ class LoadedModel:
 
 _REGISTRY: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = weakref.WeakValueDictionary()
 _REGISTRY_LOCK = threading.Lock()
-
-
-def _dtype_kwarg() -> str:
-    # transformers 4.56 renamed ``torch_dtype`` to ``dtype``; 5.x deprecates the old name.
-    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
 DOWNLOAD_HINT = (
@@ -291,7 +315,7 @@ def load_model(
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
             model = AutoModel.from_pretrained(
-                source, attn_implementation=attn_implementation, **{_dtype_kwarg(): dtype}, **common
+                source, attn_implementation=attn_implementation, **{dtype_kwarg(): dtype}, **common
             )
         except (OSError, HFValidationError) as e:  # 4.x raises HFValidationError for a missing absolute path
             raise _not_found(model_name_or_path, e) from e

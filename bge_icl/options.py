@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, TypedDict
 
 import numpy as np
-import torch
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -33,7 +32,8 @@ from pydantic import (
 )
 
 from bge_icl.errors import OptionError, OptionTypeError, OptionValueError
-from bge_icl.loading import DTYPES, resolve_attention, resolve_dtype
+from bge_icl.forward import PREFIX_ATTENTION
+from bge_icl.loading import DTYPES, check_devices, resolve_attention, resolve_dtype
 from bge_icl.precision import Precision
 from bge_icl.prompts import (
     DEFAULT_EXAMPLES_INSTRUCTION_FORMAT,
@@ -95,19 +95,6 @@ def _index(value: Any) -> int | None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         return None
     return int(value)
-
-
-def _device_entry(entry: Any) -> str | int:
-    if isinstance(entry, torch.device):
-        return str(entry)
-    if isinstance(entry, str):
-        return entry
-    index = _index(entry)
-    if index is None:
-        kind = type(entry).__name__
-        msg = f"devices entry {entry!r} is {kind}; expected a str like 'cpu'/'cuda:0' or an int GPU index"
-        raise OptionTypeError(msg, option="devices", value=entry)
-    return index
 
 
 def positive_int(name: str, value: Any) -> int:
@@ -184,11 +171,19 @@ class EmbedderOptions(BaseModel):
     """Most texts per forward pass; None = 32 on CPU (larger batches run slower there), and on GPU as many as
     ``max_batch_tokens`` allows (it counts the prefix attention of cached queries: hundreds of short queries); > 0."""
     max_batch_tokens: int | None = None
-    """Most padded tokens per forward pass; None = 65,536 on GPU, 16,384 on CPU; > 0."""
+    """Most padded tokens per forward pass (a cached query counts its attention to the prefix too); it bounds how
+    long one pass runs, so how long another call waits behind it. None = 8,192 on GPU, 2,048 on CPU; > 0."""
+    batch_wait_ms: float = 0.0
+    """How long a free replica may wait for more rows from other calls before a pass that is not full, in
+    milliseconds; 0 = start at once (a call alone never waits); >= 0."""
     attn_implementation: str | None = None
     """``"sdpa"``, ``"eager"`` or ``"flash_attention_2"``; None = flash-attn 2 on GPU when installed, else sdpa."""
     prefix_cache: bool = True
     """Run the constant few-shot prefix once and reuse its keys/values for every query (same vectors, less compute)."""
+    prefix_attention: str = "auto"
+    """How cached queries attend to the prefix: ``"auto"`` (``"shared"`` for Llama/Mistral models, else ``"copy"``),
+    ``"shared"`` (one copy of the prefix for the whole batch, the device's best kernel), ``"shared-explicit"`` (the
+    same with the explicit float32 kernel), ``"copy"`` (the prefix copied per row). Vectors agree within 1e-5."""
     on_truncation: OnTruncation = "warn"
     """Texts longer than their max length: ``"warn"`` (one warning per call), ``"error"`` or ``"ignore"``."""
     show_progress: bool | None = None
@@ -283,17 +278,15 @@ class EmbedderOptions(BaseModel):
     @field_validator("devices", mode="before")
     @classmethod
     def _devices(cls, value: Any) -> str | int | tuple[str | int, ...] | None:
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, (bool, np.bool_)):
-            msg = f"devices={value!r} is not a device; use a str like 'cpu' or 'cuda:0', an int GPU index, or a list"
-            raise OptionTypeError(msg, option="devices", value=value)
-        if isinstance(value, (list, tuple)):
-            if not value:
-                msg = "devices=[] names no device; use None (auto), 'cpu', 'cuda:0', 0, or a list of them"
-                raise OptionValueError(msg, option="devices", value=value)
-            return tuple(_device_entry(entry) for entry in value)
-        return _device_entry(value)
+        return check_devices(value)
+
+    @field_validator("prefix_attention", mode="before")
+    @classmethod
+    def _prefix_attention(cls, value: Any) -> str:
+        if value not in PREFIX_ATTENTION:
+            msg = f"prefix_attention={value!r} is not supported; valid: {PREFIX_ATTENTION}"
+            raise OptionValueError(msg, option="prefix_attention", value=value)
+        return str(value)
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -307,6 +300,15 @@ class EmbedderOptions(BaseModel):
     @classmethod
     def _attention(cls, value: Any) -> str | None:
         return None if value is None else resolve_attention(value, "cpu")  # raises with the valid names
+
+    @field_validator("batch_wait_ms", mode="before")
+    @classmethod
+    def _milliseconds(cls, value: Any, info: ValidationInfo) -> float:
+        number = None if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) else float(value)
+        if number is None or not 0 <= number < float("inf"):
+            msg = f"{info.field_name} must be a number of milliseconds >= 0, got {value!r}"
+            raise OptionValueError(msg, option=str(info.field_name), value=value)
+        return number
 
     @field_validator("on_truncation", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""Pooling (which token's hidden state is the embedding) and the normalize head, kept separate."""
+"""Pooling (which token's hidden state is the embedding) and the head (cut, normalize), kept separate."""
 
 from __future__ import annotations
 
@@ -31,3 +31,10 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """L2-normalize rows in float32 (as vLLM's ``PoolerNormalize``); shape (B, H) -> (B, H) float32."""
     return F.normalize(x.float(), p=2.0, dim=-1)
+
+
+def embedding_head(pooled: torch.Tensor, truncate_dim: int | None, normalize: bool) -> torch.Tensor:
+    """The embedding from pooled states: the first ``truncate_dim`` dimensions (cut before normalizing, as
+    FlagEmbedding), L2-normalized in float32 when ``normalize``; (B, H) -> (B, D) float32."""
+    cut = pooled[:, :truncate_dim]  # (B, D)
+    return l2_normalize(cut) if normalize else cut.float()

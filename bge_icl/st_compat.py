@@ -155,10 +155,10 @@ class SentenceTransformersCompat:
             msg = f"unknown argument(s) {sorted(rest)}; valid: {list(ST_ARGUMENTS)}"
             raise TypeError(msg)
         me = _me(self)
-        if normalize_embeddings is not None and bool(normalize_embeddings) != me.normalize_embeddings:
+        if normalize_embeddings is not None and bool(normalize_embeddings) != me.options.normalize_embeddings:
             msg = (
                 f"normalize_embeddings={normalize_embeddings} differs from this embedder's option "
-                f"normalize_embeddings={me.normalize_embeddings}; use with_options(normalize_embeddings=...)"
+                f"normalize_embeddings={me.options.normalize_embeddings}; use with_options(normalize_embeddings=...)"
             )
             raise ValueError(msg)
         encode = me.encode_queries if kind == "queries" else me.encode_corpus

@@ -171,7 +171,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     li = require("llamaindex_bge_icl", "bge-icl demo", "all")
 
     core = load_embedder(args, examples_for_task=EXAMPLES, query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION)
-    print(f"model: {args.model} ({core.device}, {str(core.dtype).removeprefix('torch.')}, dim {core.dimension})")
+    print(f"model: {args.model} ({core.device}, {str(core.torch_dtype).removeprefix('torch.')}, dim {core.dimension})")
     sim = core.encode_queries(QUERIES) @ core.encode_corpus(DOCUMENTS).T  # (2, 2)
     print("model card example: query x passage cosine similarity")
     for query, row in zip(QUERIES, sim, strict=True):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from langchain_core.embeddings import Embeddings
@@ -56,12 +55,13 @@ class BgeIclEmbeddings(EmbedderModel, Embeddings):
         return self._embedder.encode_queries([as_one_text(text, "query")])[0].tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        """:meth:`embed_documents` in a worker thread; the event loop keeps running."""
-        return await asyncio.to_thread(self.embed_documents, texts)
+        """:meth:`embed_documents` for asyncio: concurrent calls share forward passes (the core's scheduler); the
+        event loop keeps running, and cancelling the task drops the passages that have not run."""
+        return (await self._embedder.aembed(as_text_batch(texts), "passages")).vectors.tolist()
 
     async def aembed_query(self, text: str) -> list[float]:
-        """:meth:`embed_query` in a worker thread; the event loop keeps running."""
-        return await asyncio.to_thread(self.embed_query, text)
+        """:meth:`embed_query` for asyncio: concurrent queries share forward passes; the event loop keeps running."""
+        return (await self._embedder.aembed([as_one_text(text, "query")], "queries")).vectors[0].tolist()
 
     def cached(
         self, document_store: ByteStore, query_store: ByteStore | None = None, *, batch_size: int | None = None

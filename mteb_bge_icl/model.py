@@ -133,7 +133,7 @@ def _model_meta(embedder: ICLEmbedder, task_prompts: dict[str, dict[str, Any]]) 
     """MTEB's entry for bge-en-icl, marked as using instructions, with the task prompts' hash as the experiment
     (so that its results never mix, in a result cache, with the plain sentence-transformers run's)."""
     registered = get_model_meta(REGISTERED)
-    source = embedder.model_name_or_path
+    source = embedder.options.model_name
     same = source == REGISTERED
     digest = hashlib.sha256(json.dumps(task_prompts, sort_keys=True).encode()).hexdigest()[:12]
     return registered.model_copy(

@@ -108,3 +108,45 @@ def test_adapters_declare_no_option(module: str, cls: str) -> None:
     for name in EmbedderOptions.OPTION_NAMES:  # inherited: the same default and doc as the core declares
         assert adapter.model_fields[name].default == EmbedderOptions.model_fields[name].default
         assert adapter.model_fields[name].description == EmbedderOptions.model_fields[name].description
+
+
+def test_the_core_reads_no_environment_variable() -> None:
+    """Variants are declared options resolved at setup (``prefix_attention``), never environment switches."""
+    readers = []
+    for path in sorted((ROOT / "bge_icl").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = ast.unparse(node) if isinstance(node, (ast.Attribute, ast.Name)) else ""
+            if name in ("os.environ", "os.getenv", "environ", "getenv", "os.putenv"):
+                readers.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not readers, f"environment read under bge_icl/: {readers}"
+
+
+def test_the_environment_checker_sees_a_read(tmp_path: Path) -> None:
+    probe = "import os\nx = os.environ.get('BGE_ICL_X')\ny = os.getenv('Y')\n"
+    found = [ast.unparse(n) for n in ast.walk(ast.parse(probe)) if isinstance(n, ast.Attribute)]
+    assert {"os.environ", "os.getenv"} <= set(found)
+
+
+def test_the_kernels_module_imports_no_model_code() -> None:
+    assert _imports(ROOT / "bge_icl" / "cascade_attention.py") == {"__future__", "typing", "torch"}
+
+
+FORWARD_PATHS = ("forward_whole", "forward_copied_prefix", "forward_shared_prefix", "build_prefix_cache")
+
+
+def test_every_forward_path_is_defined_in_the_forward_module() -> None:
+    """Whole prompt, copied prefix, shared prefix (and the prefix's own pass): all in ``bge_icl/forward.py``, and
+    nothing else in the core calls a model's forward or runs its decoder layers."""
+    defined: dict[str, list[str]] = {}
+    model_calls = []
+    for path in sorted((ROOT / "bge_icl").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and any(a.arg == "model" for a in node.args.args):
+                if node.name.startswith(("forward_", "build_prefix_cache")):
+                    defined.setdefault(node.name, []).append(path.name)
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("model", "layer.mlp", "model.layers"):
+                model_calls.append(f"{path.name}:{node.lineno}")
+    assert {name: defined.get(name) for name in FORWARD_PATHS} == {name: ["forward.py"] for name in FORWARD_PATHS}
+    assert set(defined) == set(FORWARD_PATHS), defined
+    assert model_calls and all(call.startswith("forward.py:") for call in model_calls), model_calls

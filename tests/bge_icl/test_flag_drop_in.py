@@ -1,4 +1,4 @@
-"""``from bge_icl import ICLEmbedder as FlagICLModel`` runs FlagEmbedding 1.4.2 code unchanged.
+"""``from bge_icl import FlagICLModel`` runs FlagEmbedding 1.4.2 code unchanged.
 
 The core-only tests run everywhere; the ones that compare against FlagEmbedding itself (its signatures,
 walked with ``inspect``, and its vectors) run where it imports (transformers 4.x, ``.venv-ref``).
@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from bge_icl import ICLEmbedder
-from bge_icl import ICLEmbedder as FlagICLModel
+from bge_icl import FlagICLModel, ICLEmbedder
 from bge_icl.options import MODEL_ALIASES, EmbedderOptions
 from tests.bge_icl.cases import PASSAGES, QUERIES, WEB
 from tests.conftest import NOTEBOOK_EXAMPLES
@@ -33,7 +32,7 @@ def _reference() -> Any:
     return FlagEmbedding.FlagICLModel
 
 
-def _pair(tiny_dir: Path, **kwargs: Any) -> tuple[Any, ICLEmbedder]:
+def _pair(tiny_dir: Path, **kwargs: Any) -> tuple[Any, FlagICLModel]:
     common = {"examples_for_task": NOTEBOOK_EXAMPLES, "query_instruction_for_retrieval": WEB, "devices": "cpu"}
     flag = _reference()(str(tiny_dir), use_fp16=False, **common, **kwargs)
     return flag, FlagICLModel(str(tiny_dir), use_fp16=False, **common, **kwargs)
@@ -60,8 +59,8 @@ def test_every_public_method_exists_with_the_reference_arguments() -> None:
     public = [n for n, v in inspect.getmembers(ref) if not n.startswith("_") and callable(v)]
     assert {"encode_queries", "encode_corpus", "encode", "set_examples", "stop_self_pool"} <= set(public)
     for name in public:
-        ours = getattr(ICLEmbedder, name, None)
-        assert callable(ours), f"ICLEmbedder has no {name}()"
+        ours = getattr(FlagICLModel, name, None)
+        assert callable(ours), f"FlagICLModel has no {name}()"
         if name in NO_POOL_METHODS:
             continue
         theirs = [
@@ -78,7 +77,7 @@ def test_every_public_method_exists_with_the_reference_arguments() -> None:
 def test_every_public_attribute_exists(tiny_dir: Path) -> None:
     flag, ours = _pair(tiny_dir)
     missing = sorted(n for n in vars(flag) if not n.startswith("_") and not hasattr(ours, n))
-    assert not missing, f"FlagICLModel attributes ICLEmbedder lacks: {missing}"
+    assert not missing, f"FlagEmbedding's FlagICLModel attributes bge_icl.FlagICLModel lacks: {missing}"
     assert ours.prefix == flag.prefix and ours.suffix == flag.suffix
     assert ours.target_devices == flag.target_devices == ["cpu"]
 
@@ -142,14 +141,25 @@ def test_set_examples_changes_prefix_cache_and_reported_options(tiny_dir: Path) 
     np.testing.assert_allclose(emb.encode_queries(QUERIES), before, atol=1e-6)
 
 
-def test_set_examples_refuses_an_embedder_an_adapter_wraps(tiny_dir: Path) -> None:
+def test_set_examples_never_changes_an_adapter_built_on_the_model(tiny_dir: Path) -> None:
     pytest.importorskip("langchain_core")
     from langchain_bge_icl import BgeIclEmbeddings
 
     core = FlagICLModel(str(tiny_dir), devices="cpu", query_instruction_for_retrieval=WEB)
-    BgeIclEmbeddings.from_embedder(core)
-    with pytest.raises(RuntimeError, match=re.escape("use adapter.with_examples(...)")):
-        core.set_examples(NOTEBOOK_EXAMPLES)
+    adapter = BgeIclEmbeddings.from_embedder(core)
+    before = adapter.embed_query(QUERIES[0])
+    core.set_examples(NOTEBOOK_EXAMPLES)  # FlagEmbedding's in-place change: the adapter keeps a fixed embedder
+    assert adapter.examples_for_task is None and adapter.embedder.examples == ()
+    assert adapter.embed_query(QUERIES[0]) == before
+    assert type(adapter.embedder) is ICLEmbedder and adapter.embedder.replicas[0] is core.replicas[0]
+    assert core.options.examples_for_task == tuple(NOTEBOOK_EXAMPLES)
+
+
+def test_iclembedder_itself_never_changes_in_place(emb: ICLEmbedder) -> None:
+    assert not hasattr(emb, "set_examples")
+    with pytest.raises(AttributeError, match=re.escape("ICLEmbedder reads its options from .options: use "
+                                                       ".options.query_max_length")):  # fmt: skip
+        _ = emb.query_max_length  # FlagICLModel keeps FlagEmbedding's attribute names; ICLEmbedder does not
 
 
 def test_convert_to_numpy_false_returns_a_torch_tensor(tiny_dir: Path) -> None:
@@ -185,7 +195,8 @@ def test_bad_call_arguments_are_named(emb: ICLEmbedder, kwargs: dict[str, Any], 
         emb.encode_corpus(PASSAGES, **kwargs)
 
 
-def test_process_pool_methods_name_the_alternative(emb: ICLEmbedder) -> None:
+def test_process_pool_methods_name_the_alternative(tiny_dir: Path) -> None:
+    emb = FlagICLModel(str(tiny_dir), devices="cpu")
     for call in (emb.start_multi_process_pool, emb.encode_multi_process, lambda: emb.stop_multi_process_pool({})):
         with pytest.raises(NotImplementedError, match=re.escape("Pass devices=['cuda:0', 'cuda:1', ...]")):
             call()

@@ -36,7 +36,7 @@ def test_two_replicas_are_two_models(single: ICLEmbedder, double: ICLEmbedder) -
     first, second = double.replicas
     assert first is single.replicas[0]  # the first replica is shared with the single-device embedder
     assert second is not first and second.model is not first.model
-    assert double.devices == [first.device, second.device]
+    assert double.replica_devices == [first.device, second.device]
 
 
 @pytest.fixture

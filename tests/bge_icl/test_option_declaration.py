@@ -31,7 +31,8 @@ def test_unknown_names_raise_with_the_valid_list_and_a_hint(tiny_dir: Path, name
     expected = f"unknown option {name!r} ({hint}"
     with pytest.raises(TypeError, match=re.escape(expected)) as info:
         ICLEmbedder(str(tiny_dir), **{name: 1})
-    assert "valid options: attn_implementation, batch_size, cache_dir, convert_to_numpy, devices," in str(info.value)
+    valid = "valid options: attn_implementation, batch_size, batch_wait_ms, cache_dir, convert_to_numpy, devices,"
+    assert valid in str(info.value)
     with pytest.raises(TypeError, match=re.escape(expected)):
         EmbedderOptions(**{name: 1})
 
@@ -44,7 +45,7 @@ def test_several_unknown_names_are_all_listed() -> None:
 @pytest.mark.parametrize("spelling", ["model_name", "model_name_or_path", "model"])
 def test_every_spelling_of_the_model_option_is_the_same_option(tiny_dir: Path, spelling: str) -> None:
     emb = ICLEmbedder(**{spelling: str(tiny_dir)}, devices="cpu")
-    assert emb.model_name_or_path == emb.options.model_name == str(tiny_dir)
+    assert emb.options.model_name == str(tiny_dir)
     twice = f"the model is given twice: as the first argument and as {spelling}="
     if spelling == "model_name_or_path":  # Python itself refuses this one: it is the argument's name
         twice = "got multiple values for argument 'model_name_or_path'"
@@ -115,13 +116,15 @@ def test_options_are_fixed_after_construction(emb: ICLEmbedder) -> None:
     hint = "use with_examples(...) or .with_options(examples_for_task"
     with pytest.raises(FrozenOptionError, match=re.escape(hint)):
         emb.examples_for_task = None  # type: ignore[misc]
-    assert emb.batch_size is emb.options.batch_size is None
+    assert emb.options.batch_size is None and emb.row_limit == 32  # the option, and what the CPU uses
+    with pytest.raises(AttributeError, match=re.escape("use .options.batch_size")):
+        _ = emb.batch_size
 
 
 def test_with_options_builds_a_consistent_embedder_on_the_same_weights(emb: ICLEmbedder) -> None:
     other = emb.with_options(query_max_length=24, query_instruction_for_retrieval="Retrieve a definition.")
     assert other.replicas[0] is emb.replicas[0]
-    assert other.query_max_length == 24 and emb.query_max_length != 24
+    assert other.options.query_max_length == 24 and emb.options.query_max_length != 24
     fresh = ICLEmbedder(**other.options.model_dump())
     q = ["how much protein should a female eat", "summit define " * 20]
     np.testing.assert_array_equal(other.encode_queries(q), fresh.encode_queries(q))

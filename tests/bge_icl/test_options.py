@@ -62,8 +62,8 @@ def test_dtypes() -> None:
 
 
 def test_flagembedding_use_fp16_false_means_float32(tiny_dir: Path) -> None:
-    assert ICLEmbedder(str(tiny_dir), devices="cpu", use_fp16=False).dtype == torch.float32
-    assert ICLEmbedder(str(tiny_dir), devices="cpu", dtype="bfloat16").dtype == torch.bfloat16
+    assert ICLEmbedder(str(tiny_dir), devices="cpu", use_fp16=False).torch_dtype == torch.float32
+    assert ICLEmbedder(str(tiny_dir), devices="cpu", dtype="bfloat16").torch_dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize(

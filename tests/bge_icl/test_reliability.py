@@ -24,19 +24,29 @@ def _run(emb: ICLEmbedder, kind: str, texts: list[str]) -> np.ndarray:
     return emb.encode_queries(texts) if kind == "q" else emb.encode_corpus(texts)
 
 
-def test_16_threads_match_serial_bit_for_bit(emb: ICLEmbedder) -> None:
+# Concurrent calls share forward passes (the scheduler), so a row may be padded with other calls' rows: the
+# guarantee is a solo call's vectors within 1e-6 in float32 (docs/core.md), and bit for bit for a call alone.
+SHARED_PASS_TOLERANCE = 1e-6
+
+
+def test_a_call_alone_is_the_same_bit_for_bit_every_time(emb: ICLEmbedder) -> None:
+    for kind, texts in _jobs()[:4]:
+        assert np.array_equal(_run(emb, kind, texts), _run(emb, kind, texts))
+
+
+def test_16_threads_match_serial(emb: ICLEmbedder) -> None:
     serial = [_run(emb, k, t) for k, t in _jobs()]
     with ThreadPoolExecutor(16) as pool:
         threaded = list(pool.map(lambda job: _run(emb, *job), _jobs()))
     for a, b in zip(serial, threaded, strict=True):
-        assert np.array_equal(a, b)
+        assert np.abs(a - b).max() <= SHARED_PASS_TOLERANCE
 
 
-async def test_16_asyncio_tasks_match_serial_bit_for_bit(emb: ICLEmbedder) -> None:
+async def test_16_asyncio_tasks_match_serial(emb: ICLEmbedder) -> None:
     serial = [_run(emb, k, t) for k, t in _jobs()]
     results = await asyncio.gather(*(asyncio.to_thread(_run, emb, k, t) for k, t in _jobs()))
     for a, b in zip(serial, results, strict=True):
-        assert np.array_equal(a, b)
+        assert np.abs(a - b).max() <= SHARED_PASS_TOLERANCE
 
 
 def test_failed_forward_leaves_embedder_usable(emb: ICLEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:

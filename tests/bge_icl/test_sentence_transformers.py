@@ -76,10 +76,10 @@ def test_sentence_transformers_cannot_express_the_icl_query(st_model: Any, wrapp
 
 def test_the_weights_are_the_sentence_transformers_own(st_model: Any, wrapped: ICLEmbedder) -> None:
     auto = st_model[0].auto_model
-    assert wrapped.model is auto
+    assert wrapped.replicas[0].model is auto
     assert wrapped.device == st_model.device
-    assert wrapped.dtype == next(auto.parameters()).dtype
-    assert wrapped.with_examples(None).model is auto  # copies share them too
+    assert wrapped.torch_dtype == next(auto.parameters()).dtype
+    assert wrapped.with_examples(None).replicas[0].model is auto  # copies share them too
     assert wrapped.with_options(passage_max_length=64).replicas[0].model is auto
 
 

@@ -6,6 +6,7 @@ tokenization of the whole prompt string.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bge_icl import ICLEmbedder
-from bge_icl.batching import BatchQueue
-from bge_icl.shared_prefix import cascade_attention, cascade_attention_fused, fused_kernel_for, shared_prefix_cost
+from bge_icl.batching import BatchQueue, shared_prefix_cost
+from bge_icl.cascade_attention import cascade_attention, cascade_attention_fused, has_fused_kernel
+from bge_icl.forward import PrefixAttention
 from tests.bge_icl.cases import LONG_QUERY, QUERIES, UNICODE, WEB
 from tests.conftest import NOTEBOOK_EXAMPLES
 
@@ -39,7 +41,7 @@ def short_pair(pair: tuple[ICLEmbedder, ICLEmbedder]) -> tuple[ICLEmbedder, ICLE
 
 @pytest.mark.parametrize("kernel", ["explicit", "fused"])
 def test_cascade_attention_equals_softmax_over_the_concatenation(kernel: str) -> None:
-    if kernel == "fused" and not fused_kernel_for(torch.device("cpu")):
+    if kernel == "fused" and not has_fused_kernel(torch.device("cpu")):
         pytest.skip("this torch has no fused CPU flash kernel")
     torch.manual_seed(0)
     B, Hq, Hkv, T, P, d = 3, 8, 2, 5, 7, 4
@@ -61,15 +63,17 @@ def test_cascade_attention_equals_softmax_over_the_concatenation(kernel: str) ->
     assert torch.allclose(got[real[:, None, :].expand(B, Hq, T)], want[real[:, None, :].expand(B, Hq, T)], atol=1e-6)
 
 
-@pytest.mark.parametrize("kernel", ["explicit", "default"])
+@pytest.mark.parametrize("attention", ["shared-explicit", "shared", "auto"])
 @pytest.mark.parametrize("kind", ["short", "truncated"])
 def test_shared_prefix_vectors_equal_the_whole_prompt(
-    pair: tuple[ICLEmbedder, ICLEmbedder], short_pair: tuple[ICLEmbedder, ICLEmbedder], kind: str, kernel: str,
-    monkeypatch: pytest.MonkeyPatch,
+    pair: tuple[ICLEmbedder, ICLEmbedder], short_pair: tuple[ICLEmbedder, ICLEmbedder], kind: str, attention: str
 ) -> None:
-    if kernel == "explicit":
-        monkeypatch.setenv("BGE_ICL_CASCADE_KERNEL", "explicit")  # the default on CPU is the fused one
     cached, full = pair if kind == "short" else short_pair
+    cached = cached.with_options(prefix_attention=attention)
+    best = "fused" if has_fused_kernel(cached.device) else "explicit"  # on the CPU: fused
+    expected = {"shared-explicit": (PrefixAttention.SHARED_EXPLICIT, "explicit"),
+                "shared": (PrefixAttention.SHARED, best), "auto": (PrefixAttention.SHARED, best)}  # fmt: skip
+    assert (cached.forward_path.attention, cached.forward_path.kernel) == expected[attention]
     texts = [*QUERIES, *UNICODE, LONG_QUERY, "x", "x " * 40]
     hits = cached.stats.prefix_hits
     delta = np.abs(cached.encode_queries(texts) - full.encode_queries(texts)).max()
@@ -80,21 +84,22 @@ def test_shared_prefix_vectors_equal_the_whole_prompt(
 def test_the_prefix_is_never_copied_per_row(
     pair: tuple[ICLEmbedder, ICLEmbedder], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bge_icl.prefix_cache as prefix_cache
+    import bge_icl.forward as forward
 
     def no_copies(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the copy path (a DynamicCache of B x P keys/values) ran")
 
-    monkeypatch.setattr(prefix_cache, "_new_cache", no_copies)
+    monkeypatch.setattr(forward, "new_cache", no_copies)
     cached, full = pair
     np.testing.assert_allclose(cached.encode_queries(QUERIES * 20), full.encode_queries(QUERIES * 20), atol=1e-5)
 
 
-def test_the_copy_path_stays_available_and_equal(tiny_dir: Path, pair: tuple[ICLEmbedder, ICLEmbedder],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    monkeypatch.setenv("BGE_ICL_PREFIX_ATTENTION", "copy")
-    copy_path = pair[0].with_options()
+def test_the_copy_path_stays_available_and_equal(pair: tuple[ICLEmbedder, ICLEmbedder]) -> None:
+    copy_path = pair[0].with_options(prefix_attention="copy")
+    assert copy_path.forward_path.attention is PrefixAttention.COPY and copy_path.forward_path.kernel is None
+    hits = copy_path.stats.prefix_hits
     np.testing.assert_allclose(copy_path.encode_queries(QUERIES), pair[1].encode_queries(QUERIES), atol=1e-5)
+    assert copy_path.stats.prefix_hits == hits + len(QUERIES)  # the copy path really ran
 
 
 PIECES = st.lists(st.sampled_from([*SPECIALS, "a", "é", "😀"]), max_size=12).map("".join)
@@ -115,8 +120,8 @@ def test_prefix_reusing_tokenization_equals_joint_tokenization(
 
 
 def test_cached_queries_are_batched_by_cost_not_by_rows(pair: tuple[ICLEmbedder, ICLEmbedder]) -> None:
-    assert pair[0].with_options(batch_size=None).batch_size is None  # the default: 32 rows on CPU, budget on GPU
-    cached = pair[0].with_options(batch_size=100_000)  # no row limit: the token budget alone decides
+    assert pair[0].with_options(batch_size=None).options.batch_size is None  # default: 32 rows on CPU, budget on GPU
+    cached = pair[0].with_options(batch_size=100_000, max_batch_tokens=16384)  # the token budget alone decides
     cached.encode_queries(["warm up"])  # builds the prefix cache (one forward pass of one row)
     rows: list[int] = []
     hook = cached.replicas[0].model.embed_tokens.register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
@@ -136,3 +141,19 @@ def test_row_cost_counts_tokens_run_and_prefix_attention() -> None:
     assert first is not None and len(first.rows) == 3 and queue.take() is None
     copy_queue = BatchQueue([([0, 1, 2], [30, 30, 30], 500)], batch_size=None, budget=3 * cost(30, 500))
     assert len(copy_queue.take().rows) == 1  # type: ignore[union-attr]  # the copy path pays 530 tokens a row
+
+
+def test_prefix_attention_is_checked_and_shared_needs_the_layout(pair: tuple[ICLEmbedder, ICLEmbedder]) -> None:
+    from bge_icl.errors import OptionValueError
+    from bge_icl.forward import ForwardPath
+
+    with pytest.raises(OptionValueError, match=re.escape(
+            "prefix_attention='flash' is not supported; valid: ('auto', 'shared', 'shared-explicit', 'copy')")) as info:
+        pair[0].with_options(prefix_attention="flash")
+    assert (info.value.option, info.value.value) == ("prefix_attention", "flash")
+    not_a_decoder = torch.nn.Linear(2, 2)
+    assert ForwardPath.from_option("auto", not_a_decoder).attention is PrefixAttention.COPY
+    with pytest.raises(OptionValueError, match=re.escape("prefix_attention='shared' needs the Llama/Mistral decoder "
+                                                         "layout, which Linear does not have; use 'auto' or 'copy'")):
+        ForwardPath.from_option("shared", not_a_decoder)
+    assert pair[0].fingerprint("queries") == pair[0].with_options(prefix_attention="copy").fingerprint("queries")

@@ -34,17 +34,14 @@ class Counting:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, embedder: ICLEmbedder) -> None:
         self.queries: list[str] = []
         self.passages: list[str] = []
-        for name, seen in (("encode_queries", self.queries), ("encode_corpus", self.passages)):
-            monkeypatch.setattr(embedder, name, self._wrap(getattr(embedder, name), seen))
+        prepare = embedder.prepare  # the first stage of every call, sync or async
 
-    @staticmethod
-    def _wrap(encode: Any, seen: list[str]) -> Any:
-        def counted(texts: Iterable[str], **kwargs: Any) -> Any:
+        def counted(texts: Iterable[str], kind: str, *args: Any) -> Any:
             texts = list(texts)
-            seen.extend(texts)
-            return encode(texts, **kwargs)
+            (self.queries if kind == "queries" else self.passages).extend(texts)
+            return prepare(texts, kind, *args)  # type: ignore[arg-type]
 
-        return counted
+        monkeypatch.setattr(embedder, "prepare", counted)
 
 
 @pytest.fixture

@@ -87,7 +87,7 @@ def test_from_embedder_uses_that_embedder(core: ICLEmbedder, embeddings: BgeIclE
     assert list(wrapped.examples_for_task or ()) == NOTEBOOK_EXAMPLES
     assert wrapped.query_instruction_for_retrieval == WEB_SEARCH_INSTRUCTION
     assert wrapped.options() == core.options
-    assert (wrapped.devices, wrapped.embedder.dtype) == ("cpu", torch.float32)
+    assert (wrapped.devices, wrapped.embedder.torch_dtype) == ("cpu", torch.float32)
     assert wrapped.embed_query("summit define") == embeddings.embed_query("summit define")
     with pytest.raises(TypeError, match=r"takes a bge_icl\.ICLEmbedder, got BgeIclEmbeddings"):
         BgeIclEmbeddings.from_embedder(embeddings)  # type: ignore[arg-type]
@@ -98,7 +98,7 @@ def test_from_embedder_keeps_every_replica(tiny_path: str) -> None:
     wrapped = BgeIclEmbeddings.from_embedder(core)
     assert wrapped.devices == ("cpu", "cpu")
     rebuilt = BgeIclEmbeddings(**wrapped.model_dump())
-    assert len(rebuilt.embedder.devices) == 2
+    assert len(rebuilt.embedder.replica_devices) == 2
     assert rebuilt.embedder.replicas == core.replicas  # same two loaded models, through the registry
 
 

@@ -131,7 +131,7 @@ def test_from_embedder_shares_weights(core: ICLEmbedder) -> None:
     emb = BgeIclEmbedding.from_embedder(core, embed_batch_size=16)
     assert emb.embedder is core
     assert emb.embed_batch_size == 16
-    assert emb.model_name == core.options.model_name == core.model_name_or_path
+    assert emb.model_name == core.options.model_name
     np.testing.assert_allclose(emb.get_query_embedding("q"), core.encode_queries(["q"])[0], atol=1e-6)
     assert BgeIclEmbedding.from_dict(emb.to_dict()).embedder.replicas[0] is core.replicas[0]
     hint = r"got \['examples_for_task'\]; use embedder.with_options\(...\) first, .*'embed_batch_size'"

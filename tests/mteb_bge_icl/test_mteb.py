@@ -104,7 +104,7 @@ def test_each_task_gets_its_own_cached_embedder(emb: ICLEmbedder, tmp_path: Path
     meta = LocalRetrieval.metadata
     query_embedder = model.embedder_for(meta, PromptType.query)
     assert query_embedder is model.embedder_for(meta, PromptType.query)
-    assert query_embedder.query_instruction_for_retrieval == "Retrieve the passage that answers the question."
+    assert query_embedder.options.query_instruction_for_retrieval == "Retrieve the passage that answers the question."
     assert [e["query"] for e in query_embedder.examples] == [NOTEBOOK_EXAMPLES[0]["query"]]
     assert query_embedder.examples[0]["instruct"] == NOTEBOOK_EXAMPLES[0]["instruct"]
     assert query_embedder.replicas == emb.replicas  # the same loaded weights

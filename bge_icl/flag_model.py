@@ -1,16 +1,21 @@
-"""FlagEmbedding drop-in: the public methods and attributes of 1.4.2's ``FlagICLModel`` on ``ICLEmbedder``.
+"""``FlagICLModel``: FlagEmbedding 1.4.2's ``FlagICLModel`` surface on bge-icl, a small subclass of ``ICLEmbedder``.
 
-``FlagICLModel`` is ``ICLLLMEmbedder`` on top of ``AbsEmbedder``. Everything public there works here with
-the same meaning (``encode_queries(q, batch_size=16, max_length=256, convert_to_numpy=False)``,
-``set_examples(...)``, ``truncate_dim``, ``target_devices``, ...), except FlagEmbedding's multi-process pool:
-bge-icl runs one thread per replica in the calling process (``devices=[...]``), so the pool methods raise
-``NotImplementedError`` naming that, and stopping a pool that cannot exist does nothing.
-``tests/bge_icl/test_flag_drop_in.py`` walks FlagEmbedding's signatures with ``inspect`` so a new argument
-there shows up as a failing test here.
+``from bge_icl import FlagICLModel`` runs existing FlagEmbedding code: everything public there works here with the
+same meaning (``encode_queries(q, batch_size=16, max_length=256, convert_to_numpy=False)``, ``encode``,
+``set_examples(...)``, ``truncate_dim``, ``target_devices``, the options as attributes, ...), except FlagEmbedding's
+multi-process pool: bge-icl runs one thread per replica in the calling process (``devices=[...]``), so the pool
+methods raise ``NotImplementedError`` naming that, and stopping a pool that cannot exist does nothing.
+``tests/bge_icl/test_flag_drop_in.py`` walks FlagEmbedding's signatures with ``inspect`` so a new argument there
+shows up as a failing test here.
+
+Unlike :class:`~bge_icl.ICLEmbedder`, which never changes once built, a ``FlagICLModel`` changes its examples in
+place with :meth:`FlagICLModel.set_examples`, as FlagEmbedding's does: it swaps the one prompt layout (and the
+options that report it). Adapters wrapping one take an immutable :class:`~bge_icl.ICLEmbedder` on the same weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,8 +23,9 @@ import numpy as np
 import torch
 from typing_extensions import Unpack
 
+from bge_icl.encoder import ICLEmbedder
 from bge_icl.loading import resolve_devices
-from bge_icl.options import CallOptions
+from bge_icl.options import CallOptions, EmbedderOptions
 from bge_icl.prompts import unescape_newlines
 
 NO_POOL = (
@@ -28,33 +34,52 @@ NO_POOL = (
 )
 
 
-def _me(obj: object) -> Any:
-    return obj  # the mixin's methods run on an ICLEmbedder (not imported here: it imports this module)
+class FlagICLModel(ICLEmbedder):
+    """FlagEmbedding 1.4.2's ``FlagICLModel``, on bge-icl's embedder: the same arguments, methods and vectors.
 
+    The options are also readable as attributes (``model.query_max_length``), as FlagEmbedding keeps them.
 
-class FlagICLCompat:
-    """FlagEmbedding 1.4.2 ``FlagICLModel``'s public surface; :class:`~bge_icl.ICLEmbedder` inherits it."""
+    Example:
+        >>> from bge_icl import FlagICLModel  # doctest: +SKIP
+        >>> model = FlagICLModel("BAAI/bge-en-icl", examples_for_task=examples,
+        ...                      query_instruction_for_retrieval=task, use_fp16=True)  # doctest: +SKIP
+        >>> model.encode_queries(["how much protein should a female eat"]).shape  # doctest: +SKIP
+        (1, 4096)
+    """
 
-    _STATE = ("_options", "_examples", "_prefix_text", "_plan", "_probes", "_shared", "_split", "_split_known")
     pool: None = None
     """FlagEmbedding's corpus process pool: never started here (see :data:`NO_POOL`)."""
     query_pool: None = None
     """FlagEmbedding's query process pool: never started here."""
 
+    def _setup(self, options: EmbedderOptions) -> None:
+        super()._setup(options)
+        object.__setattr__(self, "_initial_examples", options.examples_for_task)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in EmbedderOptions.OPTION_NAMES:  # FlagEmbedding keeps its arguments as attributes
+            return getattr(self._options, name)
+        return super().__getattr__(name)
+
+    @property
+    def model_name_or_path(self) -> str:
+        """The model option as given (FlagEmbedding's name for it)."""
+        return self._options.model_name
+
     @property
     def model(self) -> Any:
         """The ``transformers`` base model (the first replica's)."""
-        return _me(self).replicas[0].model
+        return self.replicas[0].model
 
     @property
     def tokenizer(self) -> Any:
         """The Hugging Face tokenizer."""
-        return _me(self).replicas[0].tokenizer.tokenizer
+        return self.replicas[0].tokenizer.tokenizer
 
     @property
     def target_devices(self) -> list[str]:
         """The devices holding a replica, as strings (FlagEmbedding's name)."""
-        return [str(d) for d in _me(self).devices]
+        return [str(d) for d in self.replica_devices]
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -65,28 +90,20 @@ class FlagICLCompat:
         """FlagEmbedding's ``set_examples``: change the few-shot prefix (and its key/value cache) in place.
 
         ``None`` goes back to the examples the embedder was built with, as in FlagEmbedding. Unlike
-        FlagEmbedding, :attr:`options` then reports the examples in use. The other way, which never
-        changes an object under its users: :meth:`~bge_icl.ICLEmbedder.with_examples`.
-
-        Raises:
-            RuntimeError: A LangChain or LlamaIndex adapter wraps this embedder (its fields would go stale);
-                use the adapter's ``with_examples(...)``.
+        FlagEmbedding, :attr:`options` then reports the examples in use. The way that never changes an object
+        under its users: :meth:`~bge_icl.ICLEmbedder.with_examples`.
         """
-        if _me(self)._backs_adapter:
-            msg = (
-                "set_examples() would change an embedder that a LangChain/LlamaIndex adapter wraps, leaving the "
-                "adapter's fields stale; use adapter.with_examples(...) (or embedder.with_examples(...))"
-            )
-            raise RuntimeError(msg)
-        examples = _me(self)._initial_examples if examples_for_task is None else examples_for_task
-        fresh = _me(self).with_examples(examples)
-        with _me(self)._pool.replicas[0].lock:  # no batch of this embedder's model runs while the state is swapped
-            for name in FlagICLCompat._STATE:
-                object.__setattr__(self, name, getattr(fresh, name))
+        examples = self._initial_examples if examples_for_task is None else examples_for_task
+        fresh = self.with_examples(examples)
+        with contextlib.ExitStack() as held:  # no batch of this embedder runs while its prompt changes
+            for replica in self.replicas:
+                held.enter_context(replica.lock)
+            object.__setattr__(self, "_options", fresh._options)
+            object.__setattr__(self, "_layout", fresh._layout)
 
     def get_model_torch_dtype(self) -> torch.dtype:
         """The model's dtype, fixed at load."""
-        return _me(self).dtype
+        return self.torch_dtype
 
     @staticmethod
     def get_target_devices(devices: Any) -> list[str]:
@@ -119,30 +136,28 @@ class FlagICLCompat:
         """
         if instruction is not None:
             fmt = "{}{}" if instruction_format is None else instruction_format
-            one = isinstance(sentences, str)
             items = [sentences] if isinstance(sentences, str) else list(sentences)
-            formatted = [_me(self).get_detailed_instruct(fmt, instruction, s) for s in items]
-            sentences = formatted[0] if one else formatted
-        return _me(self).encode_corpus(sentences, batch_size, max_length, convert_to_numpy, **call)
+            formatted = [self.get_detailed_instruct(fmt, instruction, s) for s in items]
+            sentences = formatted[0] if isinstance(sentences, str) else formatted
+        return self.encode_corpus(sentences, batch_size, max_length, convert_to_numpy, **call)
 
     def encode_single_device(self, sentences: str | Iterable[str], batch_size: int = 256,
                              max_length: int = 512, convert_to_numpy: bool = True, device: Any = None,
                              **call: Unpack[CallOptions]) -> np.ndarray | torch.Tensor:  # fmt: skip
         """FlagEmbedding's per-device passage encoder: ``encode_corpus`` on this embedder's device(s)."""
-        _me(self)._check_device(device)
-        return _me(self).encode_corpus(sentences, batch_size, max_length, convert_to_numpy, **call)
+        self._check_device(device)
+        return self.encode_corpus(sentences, batch_size, max_length, convert_to_numpy, **call)
 
     def encode_queries_single_device(self, queries: str | Iterable[str], batch_size: int = 256,
                                      max_length: int = 512, convert_to_numpy: bool = True, device: Any = None,
                                      **call: Unpack[CallOptions]) -> np.ndarray | torch.Tensor:  # fmt: skip
         """FlagEmbedding's per-device query encoder: ``encode_queries`` on this embedder's device(s)."""
-        _me(self)._check_device(device)
-        return _me(self).encode_queries(queries, batch_size, max_length, convert_to_numpy, **call)
+        self._check_device(device)
+        return self.encode_queries(queries, batch_size, max_length, convert_to_numpy, **call)
 
     def _check_device(self, device: Any) -> None:
-        if device is not None and resolve_devices(device)[0] not in _me(self).target_devices:
-            loaded = _me(self).target_devices
-            msg = f"device={device!r}: the model is loaded on {loaded}; build an ICLEmbedder(devices=...)"
+        if device is not None and resolve_devices(device)[0] not in self.target_devices:
+            msg = f"device={device!r}: the model is loaded on {self.target_devices}; build an ICLEmbedder(devices=...)"
             raise ValueError(msg)
 
     def stop_self_pool(self) -> None:
