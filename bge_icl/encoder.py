@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from typing_extensions import Unpack
 
 from bge_icl.batching import Batch, BatchQueue, RowCost, copied_prefix_cost
+from bge_icl.errors import OptionValueError
 from bge_icl.fingerprint import fingerprint
 from bge_icl.flag_compat import FlagICLCompat
 from bge_icl.forward import embed_batch
@@ -383,14 +384,14 @@ class ICLEmbedder(FlagICLCompat, SentenceTransformersCompat):
                 f"{name}={max_length} leaves no room for the query: BOS, the suffix "
                 f"{o.suffix!r} and EOS take {max_length - plan.query_budget} tokens"
             )
-            raise ValueError(msg)
+            raise OptionValueError(msg, option=name, value=max_length)
         return plan
 
     def _passage_limit(self, max_length: int, name: str = "max_length") -> int:
         special = self._pool.replicas[0].tokenizer.n_special
         if positive_int(name, max_length) <= special:
             msg = f"{name}={max_length} leaves no room for text next to {special} special tokens"
-            raise ValueError(msg)
+            raise OptionValueError(msg, option=name, value=max_length)
         return max_length
 
     def _check_kind(self, kind: str) -> EmbedderOptions:

@@ -88,6 +88,12 @@ def _quantize_embeddings() -> Any:
     raise ImportError(msg)
 
 
+def require_quantizer() -> None:
+    """Raise ImportError (naming the extra) unless sentence-transformers' ``quantize_embeddings`` can be imported:
+    for callers that check before any work (the command line, before the model loads)."""
+    _quantize_embeddings()
+
+
 def check_calibration(
     precision: Precision, calibration: np.ndarray | None, dimension: int, rows: int
 ) -> np.ndarray | None:
