@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bge_icl.errors import in_context
+from bge_icl.errors import FieldsPickle, in_context
 from bge_icl.prompts import validate_examples
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ __all__ = [
     "SCORE_BLOCK",
     "PassageIndex",
     "RetrievalData",
+    "UnjudgedQueriesWarning",
     "check_k_values",
     "compare_example_sets",
     "encode_passages",
@@ -73,12 +74,31 @@ def _texts(name: str, texts: Mapping[str, str]) -> dict[str, str]:
     return dict(texts)
 
 
-def check_k_values(k_values: Iterable[int]) -> tuple[int, ...]:
-    """The cut-offs, sorted and without repeats.
+class UnjudgedQueriesWarning(FieldsPickle, UserWarning):
+    """Some queries have no judgments in the qrels, so they are not scored.
+
+    Attributes:
+        query_ids: The unjudged queries' ids, in the order given.
+        count: How many there are.
+        total: How many queries were given, judged or not.
+    """
+
+    def __init__(self, message: str, *, query_ids: Sequence[str], total: int) -> None:
+        super().__init__(message)
+        self.query_ids, self.count, self.total = tuple(query_ids), len(query_ids), total
+
+
+def check_k_values(k_values: int | Iterable[int]) -> tuple[int, ...]:
+    """The cut-offs, sorted and without repeats; one int is one cut-off.
 
     Raises:
-        ValueError: None given, or one is not a positive int.
+        ValueError: None given, one is not a positive int, or ``k_values`` is neither an int nor an iterable.
     """
+    if isinstance(k_values, (int, np.integer)) and not isinstance(k_values, bool):
+        k_values = [int(k_values)]
+    if isinstance(k_values, (str, bytes)) or not isinstance(k_values, Iterable):
+        msg = f"k_values must be a positive int or an iterable of them, got {k_values!r}"
+        raise ValueError(msg)
     given = list(k_values)
     bad = [k for k in given if isinstance(k, bool) or not isinstance(k, int) or k <= 0]
     if bad or not given:
@@ -152,11 +172,13 @@ class RetrievalData:
         )
 
     def warn_unjudged(self, stacklevel: int = 2) -> None:
-        """Warn (``UserWarning``) that the unjudged queries are not scored, if there are any."""
+        """Warn (:class:`UnjudgedQueriesWarning`, a ``UserWarning``) that the unjudged queries are not scored, if
+        there are any."""
         if self.unjudged:
             total = len(self.unjudged) + len(self.query_ids)
             msg = f"{len(self.unjudged)} of {total} queries have no qrels and are not scored: {_some(self.unjudged)}"
-            warnings.warn(msg, UserWarning, stacklevel=stacklevel + 1)
+            warning = UnjudgedQueriesWarning(msg, query_ids=self.unjudged, total=total)
+            warnings.warn(warning, stacklevel=stacklevel + 1)
 
 
 @dataclass(frozen=True)
@@ -313,7 +335,7 @@ def evaluate_retrieval(
     queries: Mapping[str, str],
     corpus: Mapping[str, str],
     qrels: Qrels,
-    k_values: Iterable[int] = DEFAULT_K_VALUES,
+    k_values: int | Iterable[int] = DEFAULT_K_VALUES,
     *,
     passages: PassageIndex | None = None,
 ) -> dict[str, float]:
@@ -321,7 +343,8 @@ def evaluate_retrieval(
 
     Queries are embedded with the embedder's examples and instruction, passages as they are; each query's passages
     are ranked by cosine similarity and its top ``max(k_values)`` scored against ``qrels`` as MTEB 2.x scores a
-    retrieval task (see :func:`retrieval_metrics`). Queries that have no qrels are skipped, with a warning; a query
+    retrieval task (see :func:`retrieval_metrics`). Queries that have no qrels are skipped, with an
+    :class:`UnjudgedQueriesWarning` (fields ``query_ids``, ``count``, ``total``); a query
     whose judgments are all 0 counts, scoring 0.
 
     Args:
@@ -329,7 +352,7 @@ def evaluate_retrieval(
         queries: query id -> query text.
         corpus: passage id -> passage text.
         qrels: query id -> {passage id: relevance grade (int, 0 = not relevant)}.
-        k_values: The cut-offs (positive ints).
+        k_values: The cut-offs (positive ints; one int is one cut-off).
         passages: Passage vectors from :func:`encode_passages`, to reuse across calls; computed here when None.
 
     Returns:
@@ -354,7 +377,7 @@ def compare_example_sets(
     queries: Mapping[str, str],
     corpus: Mapping[str, str],
     qrels: Qrels,
-    k_values: Iterable[int] = DEFAULT_K_VALUES,
+    k_values: int | Iterable[int] = DEFAULT_K_VALUES,
 ) -> dict[str, dict[str, float]]:
     """:func:`evaluate_retrieval` for each example set, the passages embedded once.
 

@@ -80,7 +80,7 @@ class SentenceTransformersCompat:
     """sentence-transformers' names on :class:`~bge_icl.ICLEmbedder` (it inherits this class)."""
 
     @classmethod
-    def from_sentence_transformer(cls, model: Any, **options: Any) -> Any:
+    def from_sentence_transformer(cls, model: Any, /, **options: Any) -> Any:
         """An embedder on an already loaded ``SentenceTransformer``'s weights (same device and dtype, no copy).
 
         The model's transformer and tokenizer are used as they are; bge-icl's own prompt, truncation
@@ -92,7 +92,7 @@ class SentenceTransformersCompat:
             model: A ``SentenceTransformer`` whose modules are Transformer, Pooling (``lasttoken``) and
                 optionally Normalize, e.g. ``SentenceTransformer("BAAI/bge-en-icl")``.
             **options: Any :class:`~bge_icl.options.EmbedderOptions` field but those the model decides
-                (:data:`FROM_THE_MODEL`).
+                (:data:`FROM_THE_MODEL`; ``model=`` too: ``model`` is positional only).
 
         Raises:
             TypeError: ``model`` is not a SentenceTransformer, or an option the model decides is given.

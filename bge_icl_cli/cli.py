@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,23 +22,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION
-from bge_icl.truncation import TruncationWarning
+from bge_icl_cli.calibration import check_width, plan_calibration, quantize_run
 from bge_icl_cli.common import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    CliError,
-    cli_words,
+    batching_options,
     data_file,
-    jsonl_records,
     load_embedder,
     load_examples,
     model_options,
     prompt_options,
-    read_text,
     require,
 )
+from bge_icl_cli.diagnostics import EMBED_FLAGS, MODEL_FLAGS, Flags, report_warnings
+from bge_icl_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from bge_icl_cli.evaluate import add_evaluate_parser
+from bge_icl_cli.files import check_output, jsonl_records, read_text, split_lines
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,7 +62,7 @@ class _Parser(argparse.ArgumentParser):
 def sample_corpus() -> list[dict[str, str]]:
     """The demo's bundled passages: ``[{"id": ..., "text": ...}, ...]``."""
     text = data_file("sample_corpus.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [json.loads(line) for line in split_lines(text) if line.strip()]
 
 
 def input_format(path_str: str, given: str | None = None) -> str:
@@ -84,7 +80,8 @@ def input_format(path_str: str, given: str | None = None) -> str:
 def read_texts(path_str: str, field: str = "text", fmt: str | None = None) -> tuple[list[str], list[Any]]:
     """Texts and ids from a ``.txt`` (one text per non-blank line) or ``.jsonl`` (``field`` of each record) file.
 
-    ``-`` reads standard input. Ids are a JSONL record's ``id`` when it has one, else the 1-based line number.
+    ``-`` reads standard input. Lines end at ``"\\n"`` only (:func:`~bge_icl_cli.files.split_lines`). Ids are a JSONL
+    record's ``id`` when it has one, else the 1-based line number.
     """
     kind = input_format(path_str, fmt)
     text = read_text(path_str)
@@ -92,7 +89,7 @@ def read_texts(path_str: str, field: str = "text", fmt: str | None = None) -> tu
     texts: list[str] = []
     ids: list[Any] = []
     if kind == "txt":
-        numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        numbered = [(n, line) for n, line in enumerate(split_lines(text), start=1) if line.strip()]
         return [line for _, line in numbered] or _no_texts(where), [n for n, _ in numbered]
     for number, record in jsonl_records(text, where):
         if field not in record:
@@ -108,15 +105,6 @@ def read_texts(path_str: str, field: str = "text", fmt: str | None = None) -> tu
 
 def _no_texts(where: str) -> NoReturn:
     raise CliError(f"{where} has no texts")
-
-
-def _check_output(path_str: str) -> Path:
-    path = Path(path_str)
-    if path.suffix not in (".npy", ".jsonl"):
-        raise CliError(f"output {path_str} must end in .npy (float32 matrix) or .jsonl (id + vector per line)")
-    if not path.parent.is_dir():
-        raise CliError(f"output folder {path.parent} does not exist")
-    return path
 
 
 def write_vectors(path: Path, ids: Sequence[Any], vectors: np.ndarray) -> None:
@@ -135,20 +123,17 @@ def write_vectors(path: Path, ids: Sequence[Any], vectors: np.ndarray) -> None:
 # -- the model --------------------------------------------------------------------------------------
 
 
-def _encode_reporting_truncation(encode: Callable[[list[str]], Any], texts: list[str]) -> np.ndarray:
-    """Run ``encode``; report each :class:`TruncationWarning` as one stderr line, pass other warnings on."""
+def _encode_reporting_truncation(
+    encode: Callable[[list[str]], Any], texts: list[str], flags: Flags, ids: Sequence[Any] | None = None
+) -> np.ndarray:
+    """Run ``encode``; report each warning as one stderr line (truncation in the subcommand's flags), then, when
+    something was cut, how many texts in all."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         vectors = encode(texts)
-    truncated = 0
-    for w in caught:
-        if issubclass(w.category, TruncationWarning):
-            count = re.match(r"(\d+) of ", str(w.message))
-            truncated += int(count.group(1)) if count else 1
-            print(f"bge-icl: warning: {cli_words(str(w.message))}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    print(f"bge-icl: {truncated} of {len(texts)} texts truncated", file=sys.stderr)
+    truncated = report_warnings(caught, flags, ids)
+    if truncated:
+        print(f"bge-icl: {truncated} of {len(texts)} texts truncated", file=sys.stderr)
     return vectors
 
 
@@ -201,10 +186,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    """Embed a .txt/.jsonl file of queries or passages into .npy or .jsonl."""
-    output = _check_output(args.output)
+    """Embed a .txt/.jsonl file of queries or passages into .npy or .jsonl.
+
+    Every check on the arguments, the input, the examples, ``-o`` and ``--calibration`` runs before the model loads.
+    """
+    output = check_output(args.output)
     texts, ids = read_texts(args.input, args.field, args.format)
     examples = load_examples(args.examples, args.instruction)
+    calibration = plan_calibration(args.precision, args.calibration, len(texts), args.kind)
     limit_name = "query_max_length" if args.kind == "query" else "passage_max_length"
     limit = {} if args.max_length is None else {limit_name: args.max_length}
     emb = load_embedder(
@@ -215,44 +204,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         **limit,
     )
+    check_width(calibration, emb.dimension)
     encode = emb.encode_queries if args.kind == "query" else emb.encode_corpus
-    vectors = quantize_for_cli(_encode_reporting_truncation(encode, texts), args.precision, args.calibration)
+    vectors = quantize_run(calibration, _encode_reporting_truncation(encode, texts, args.flags, ids))
     write_vectors(output, ids, vectors)
     print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} {args.kind} vectors ({args.precision}) to {output}")
     return EXIT_OK
-
-
-def quantize_for_cli(vectors: np.ndarray, precision: str, calibration: str | None) -> np.ndarray:
-    """``--precision`` / ``--calibration``: an existing calibration file is read; a new one is written from these
-    vectors (so the corpus run writes it and the query run reuses it); none calibrates on these vectors alone."""
-    if calibration is not None and precision not in ("int8", "uint8"):
-        raise CliError("--calibration applies to --precision int8 and uint8")
-    if precision == "float32":
-        return vectors
-    import numpy as np
-
-    from bge_icl.precision import calibration_ranges, quantize
-
-    ranges = None
-    if calibration is not None:
-        path = Path(calibration)
-        if path.is_file():
-            try:
-                ranges = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise CliError(f"{path}: not a calibration .npy file ({e})") from e
-        else:
-            if vectors.shape[0] < 2:
-                raise CliError(f"--calibration {path} does not exist, and one vector cannot calibrate {precision}")
-            ranges = calibration_ranges(vectors)
-            np.save(path, ranges)
-            print(f"bge-icl: wrote the {precision} calibration (per-dimension min and max) to {path}", file=sys.stderr)
-    try:
-        return quantize(vectors, precision, ranges)  # type: ignore[arg-type]
-    except ImportError as e:
-        raise CliError(str(e)) from e
-    except ValueError as e:
-        raise CliError(cli_words(str(e))) from e
 
 
 def _skipped(folder: Path, include_hidden: bool) -> bool:
@@ -291,11 +248,11 @@ def _read_chunks(files: list[Path], splitter: Any) -> list[tuple[Path, str]]:
     unreadable: list[Path] = []
     for f in files:
         try:
-            text = f.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError):
+            text = read_text(str(f))
+        except CliError:  # not UTF-8, or no permission
             unreadable.append(f)
             continue
-        chunks.extend((f, chunk) for chunk in splitter.split_text(text))
+        chunks.extend((f, chunk) for chunk in splitter.split_text("\n".join(split_lines(text))))
     if unreadable:
         named = ", ".join(str(f) for f in unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
         print(f"bge-icl: warning: skipped {len(unreadable)} unreadable file(s) (not UTF-8 text): {named}",
@@ -321,7 +278,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     import numpy as np
 
     emb = load_embedder(args, examples_for_task=examples, query_instruction_for_retrieval=args.instruction)
-    passages = _encode_reporting_truncation(emb.encode_corpus, [c for _, c in chunks])  # (N, dim)
+    passages = _encode_reporting_truncation(emb.encode_corpus, [c for _, c in chunks], args.flags)  # (N, dim)
     query = emb.encode_queries([args.query])[0]  # (dim,)
     scores = passages @ query  # (N,)
     top = np.argsort(-scores, kind="stable")[: args.k]
@@ -342,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the model card's example, then a small corpus through LangChain and LlamaIndex")
     model_options(demo)
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, flags=MODEL_FLAGS)
 
     embed = sub.add_parser("embed", help="embed a .txt/.jsonl file into .npy or .jsonl")
     embed.add_argument("input", help=".txt (one text per line) or .jsonl (one object per line); - = stdin")
@@ -354,10 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", choices=("corpus", "query"), required=True, help="passages as they are, or ICL queries"
     )
     embed.add_argument("--field", default="text", help="the text field of .jsonl records (default: text)")
-    embed.add_argument(
-        "--max-length", type=int, default=None, help="token limit (query_/passage_max_length, default 512)"
-    )
-    embed.add_argument("--batch-size", type=int, default=32, help="most texts per forward pass (default 32)")
+    batching_options(embed, per_kind=False)
     embed.add_argument(
         "--precision",
         choices=PRECISION_CHOICES,
@@ -367,11 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--calibration",
         default=None,
-        help="int8/uint8 ranges .npy: read if it exists, else written from these vectors (default: calibrate on them)",
+        help="int8/uint8 ranges (.npy content, at exactly this path): read if it exists, else written from these "
+        "vectors (default: calibrate on them)",
     )
     prompt_options(embed)
     model_options(embed)
-    embed.set_defaults(func=cmd_embed)
+    embed.set_defaults(func=cmd_embed, flags=EMBED_FLAGS)
 
     search = sub.add_parser("search", help="chunk .txt/.md files and print the chunks closest to a query")
     search.add_argument("paths", nargs="+", help=".txt/.md files or folders (searched recursively)")
@@ -386,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prompt_options(search)
     model_options(search)
-    search.set_defaults(func=cmd_search)
+    search.set_defaults(func=cmd_search, flags=MODEL_FLAGS)
 
     add_evaluate_parser(sub)
     return parser

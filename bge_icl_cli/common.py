@@ -1,7 +1,9 @@
-"""What the ``bge-icl`` subcommands share: errors and exit codes, the model and prompt options, examples, files.
+"""What the ``bge-icl`` subcommands share: the model, prompt and batching options, examples, loading the model.
 
 :mod:`bge_icl_cli.cli` (demo, embed, search, the parser) and :mod:`bge_icl_cli.evaluate` both import this module,
-so neither imports the other. torch and the encoder load only inside :func:`load_embedder`.
+so neither imports the other. Errors and exit codes are in :mod:`bge_icl_cli.errors`, files in
+:mod:`bge_icl_cli.files`, the words for the core's errors and warnings in :mod:`bge_icl_cli.diagnostics`. torch and
+the encoder load only inside :func:`load_embedder`.
 """
 
 from __future__ import annotations
@@ -10,42 +12,19 @@ import argparse
 import importlib
 import importlib.resources
 import json
-import re
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample, validate_examples
+from bge_icl_cli.diagnostics import one_line, option_words
+from bge_icl_cli.errors import EXIT_MODEL, CliError
+from bge_icl_cli.files import read_json
 
 if TYPE_CHECKING:
     from bge_icl.encoder import ICLEmbedder
 
 DEFAULT_MODEL = "BAAI/bge-en-icl"
-EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-# Python parameter names in core messages -> the CLI option a user types.
-CLI_NAMES = {
-    "query_max_length": "--max-length",
-    "passage_max_length": "--max-length",
-    "max_length": "--max-length",
-    "batch_size": "--batch-size",
-    "devices": "--devices",
-    "dtype": "--dtype",
-    "model_name": "--model",
-    "examples_for_task": "--examples",
-    "query_instruction_for_retrieval": "--instruction",
-    "calibration": "--calibration",
-    "precision": "--precision",
-}
-
-
-class CliError(Exception):
-    """A user-facing error: one line for stderr and the exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
+DEFAULT_BATCH_SIZE = 32
 
 
 def data_file(*parts: str) -> Any:
@@ -59,22 +38,19 @@ def bundled_example_sets() -> list[str]:
 
 
 def load_examples(spec: str | None, default_instruct: str | None = WEB_SEARCH_INSTRUCTION) -> list[ICLExample] | None:
-    """``--examples``: a JSON file (a list of ``{instruct?, query, response}``) or a bundled set's name.
+    """``--examples``: a JSON file (a list of ``{instruct?, query, response}``, UTF-8, a BOM dropped) or a bundled
+    set's name.
 
     Raises:
-        CliError: The file is missing or not valid JSON, the examples are malformed, or the name is unknown.
+        CliError: The file is missing, not UTF-8 or not valid JSON, the examples are malformed, or the name is
+            unknown.
     """
     if spec is None:
         return None
     path = Path(spec).expanduser()
     if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            raise CliError(f"cannot read examples file {spec}: {e}") from e
-        except json.JSONDecodeError as e:
-            raise CliError(f"examples file {spec} is not valid JSON: {e}") from e
         source = f"examples file {spec}"
+        data = read_json(path, source)
     elif spec in bundled_example_sets():
         data = json.loads(data_file("examples", f"{spec}.json").read_text(encoding="utf-8"))
         source = f"example set {spec!r}"
@@ -90,54 +66,29 @@ def load_examples(spec: str | None, default_instruct: str | None = WEB_SEARCH_IN
         raise CliError(f"{source}: {e}; {hint}") from e
 
 
-def read_text(path_str: str) -> str:
-    """The text of a file (a UTF-8 BOM dropped), or of standard input for ``-``."""
-    if path_str == "-":
-        return sys.stdin.read().removeprefix("\ufeff")
-    path = Path(path_str)
-    if path.is_dir():
-        raise CliError(f"input {path_str} is a directory, expected a file")
-    if not path.is_file():
-        raise CliError(f"input file {path_str} does not exist")
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise CliError(f"cannot read {path_str}: {e}") from e
-
-
 def _devices(value: str | None) -> str | int | None:
     return int(value) if value is not None and value.isdigit() else value
 
 
-def cli_words(message: str) -> str:
-    """A core message in the CLI's words: one line, option names as typed (``devices='cpu'`` -> ``--devices cpu``).
-
-    Example:
-        >>> cli_words("batch_size must be a positive int, got 0; use devices='cpu'")
-        '--batch-size must be a positive int, got 0; use --devices cpu'
-    """
-    names = "|".join(sorted(CLI_NAMES, key=len, reverse=True))
-    quoted = rf"(?<![\w.-])({names})='([^']*)'(?=[;,)\s]|$)"
-    message = re.sub(quoted, lambda m: f"{CLI_NAMES[m.group(1)]} {m.group(2)}", message)
-    message = re.sub(rf"(?<![\w.-])({names})\b", lambda m: CLI_NAMES[m.group(1)], message)
-    return " ".join(message.split())
-
-
 def load_embedder(args: argparse.Namespace, **options: Any) -> ICLEmbedder:
-    """Build the ``ICLEmbedder``; a model that cannot be loaded is exit 2, bad options exit 1."""
+    """Build the ``ICLEmbedder``; a model that cannot be loaded is exit 2, bad options exit 1.
+
+    An option error is worded from its fields with the subcommand's flags (``args.flags``, see
+    :mod:`bge_icl_cli.diagnostics`).
+    """
     from bge_icl.encoder import ICLEmbedder
+    from bge_icl.errors import OptionError
 
     if args.quiet:
         options["show_progress"] = False  # no loading bar, no encoding bar
     try:
         return ICLEmbedder(args.model, devices=_devices(args.devices), dtype=args.dtype, **options)
+    except OptionError as e:
+        raise CliError(option_words(e, args.flags)) from e
     except OSError as e:
-        one_line = " ".join(str(e).split())
-        raise CliError(f"{one_line} Or pass --model PATH to a local checkpoint directory.", EXIT_MODEL) from e
-    except (TypeError, ValueError) as e:
-        errors = getattr(e, "errors", None)  # a pydantic ValidationError: its messages without the frame
-        text = "; ".join(str(x["msg"]).removeprefix("Value error, ") for x in errors()) if errors else str(e)
-        raise CliError(cli_words(text)) from e
+        raise CliError(f"{one_line(str(e))} Or pass --model PATH to a local checkpoint directory.", EXIT_MODEL) from e
+    except (TypeError, ValueError) as e:  # without fields (a model's own config, say): the message as it is
+        raise CliError(one_line(str(e))) from e
 
 
 def require(module: str, what: str, extra: str) -> Any:
@@ -156,27 +107,23 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (model loading included)")
 
 
+def batching_options(p: argparse.ArgumentParser, *, per_kind: bool) -> None:
+    """``--batch-size`` and the token limits: one ``--max-length`` (embed), or one per kind (evaluate)."""
+    if per_kind:
+        p.add_argument("--query-max-length", type=int, default=None, help="query token limit (default 512)")
+        p.add_argument("--passage-max-length", type=int, default=None, help="passage token limit (default 512)")
+    else:
+        p.add_argument(
+            "--max-length", type=int, default=None, help="token limit (query_/passage_max_length, default 512)"
+        )
+    p.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="most texts per forward pass (default 32)"
+    )
+
+
 def prompt_options(p: argparse.ArgumentParser) -> None:
     names = ", ".join(bundled_example_sets())
     p.add_argument(
         "--examples", default=None, help=f"few-shot examples: a JSON file or a bundled set ({names}); default zero-shot"
     )
     p.add_argument("--instruction", default=WEB_SEARCH_INSTRUCTION, help="task instruction put before each query")
-
-
-def jsonl_records(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based line number, object) for each non-blank line of JSON Lines ``text``.
-
-    Raises:
-        CliError: A line is not valid JSON, or not an object; the message names ``source`` and the line.
-    """
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CliError(f"{source} line {number} is not valid JSON: {e}") from e
-        if not isinstance(record, dict):
-            raise CliError(f"{source} line {number} is a JSON {type(record).__name__}, expected an object")
-        yield number, record

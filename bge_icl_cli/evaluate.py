@@ -2,7 +2,8 @@
 
 The inputs are BEIR's formats: ``queries.jsonl`` and ``corpus.jsonl`` with ``_id`` (or ``id``) and ``text`` per line
 (a corpus line's ``title`` is put before its text with a space, as MTEB does), and a qrels TSV with a header line
-and ``query-id<TAB>corpus-id<TAB>score`` rows. The metrics are :mod:`bge_icl.evaluation`'s.
+and ``query-id<TAB>corpus-id<TAB>score`` rows: three files, or a BEIR dataset folder (``--data DIR``: those files
+as ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``). The metrics are :mod:`bge_icl.evaluation`'s.
 
 What it shares with the other subcommands (errors, model options, examples, files) is in :mod:`bge_icl_cli.common`.
 torch, numpy and the core's evaluation module load only when the command runs.
@@ -14,22 +15,30 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION
-from bge_icl_cli.common import CliError, jsonl_records, load_embedder, load_examples, model_options, read_text
+from bge_icl_cli.common import batching_options, load_embedder, load_examples, model_options
+from bge_icl_cli.diagnostics import FLAGS, report_warnings
+from bge_icl_cli.errors import CliError
+from bge_icl_cli.files import jsonl_records, read_text, split_lines
 
 EXAMPLES_NONE = "none"
 METRIC_LABELS = {"ndcg": "nDCG", "recall": "recall", "mrr": "MRR", "map": "MAP"}
 QRELS_HEADER = ("query-id", "corpus-id", "score")
+DEFAULT_SPLIT = "test"
+BEIR_LAYOUT = "corpus.jsonl, queries.jsonl, qrels/<split>.tsv"
 
 
 def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand to ``sub`` (the ``add_subparsers()`` object)."""
     p = sub.add_parser("evaluate", help="score example sets on your labelled queries: nDCG, recall, MRR, MAP at k")
-    p.add_argument("--queries", required=True, help='BEIR queries .jsonl: one {"_id", "text"} object per line')
-    p.add_argument("--corpus", required=True, help='BEIR corpus .jsonl: {"_id", "title"?, "text"} per line')
-    p.add_argument("--qrels", required=True, help="qrels .tsv: a header line, then query-id, corpus-id, score rows")
+    p.add_argument("--data", default=None, metavar="DIR", help=f"a BEIR dataset folder: {BEIR_LAYOUT}")
+    p.add_argument("--split", default=None, help=f"the qrels split of --data (default {DEFAULT_SPLIT})")
+    p.add_argument("--queries", default=None, help='BEIR queries .jsonl: one {"_id", "text"} object per line')
+    p.add_argument("--corpus", default=None, help='BEIR corpus .jsonl: {"_id", "title"?, "text"} per line')
+    p.add_argument("--qrels", default=None, help="qrels .tsv: a header line, then query-id, corpus-id, score rows")
     p.add_argument(
         "--examples",
         action="append",
@@ -40,9 +49,38 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--instruction", default=WEB_SEARCH_INSTRUCTION, help="task instruction put before each query")
     p.add_argument("--k", default="1,5,10", help="cut-offs, comma-separated (default 1,5,10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    batching_options(p, per_kind=True)
     model_options(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, flags=FLAGS)
     return p
+
+
+def beir_files(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(queries, corpus, qrels) paths: ``--data DIR`` (BEIR's layout, ``qrels/<--split>.tsv``), or the three flags.
+
+    Raises:
+        CliError: Both or neither given, ``--split`` without ``--data``, or a folder without the split's qrels.
+    """
+    given = {"--queries": args.queries, "--corpus": args.corpus, "--qrels": args.qrels}
+    if args.data is None:
+        if args.split is not None:
+            raise CliError("--split picks qrels/<split>.tsv in --data DIR; with --qrels FILE name the file itself")
+        missing = [flag for flag, value in given.items() if value is None]
+        if missing:
+            msg = "give --data DIR (a BEIR dataset folder) or --queries, --corpus and --qrels; missing "
+            raise CliError(msg + ", ".join(missing))
+        return args.queries, args.corpus, args.qrels
+    if any(value is not None for value in given.values()):
+        raise CliError("--data DIR replaces --queries, --corpus and --qrels; give one or the other")
+    folder = Path(args.data)
+    if not folder.is_dir():
+        raise CliError(f"--data {args.data} is not a folder (BEIR's layout: {BEIR_LAYOUT})")
+    split = args.split or DEFAULT_SPLIT
+    qrels = folder / "qrels" / f"{split}.tsv"
+    if not qrels.is_file():
+        splits = ", ".join(sorted(f.stem for f in (folder / "qrels").glob("*.tsv"))) or "none"
+        raise CliError(f"--data {args.data} has no qrels/{split}.tsv (splits there: {splits}); pick one with --split")
+    return str(folder / "queries.jsonl"), str(folder / "corpus.jsonl"), str(qrels)
 
 
 def parse_k(text: str, error: type[Exception]) -> tuple[int, ...]:
@@ -89,10 +127,10 @@ def read_qrels(path: str, queries: dict[str, str], corpus: dict[str, str]) -> di
     """query id -> {doc id: grade} of a qrels TSV with a header; every id must be in ``queries`` / ``corpus``."""
     qrels: dict[str, dict[str, int]] = {}
     header_seen = False
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
+    for number, line in enumerate(split_lines(read_text(path)), start=1):
         if not line.strip():
             continue
-        fields = line.rstrip("\r\n").split("\t")
+        fields = line.split("\t")
         where = f"{path} line {number}"
         if not header_seen:
             if tuple(f.strip().lower() for f in fields) != QRELS_HEADER:
@@ -151,9 +189,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Read the BEIR files, score each example set, print the table (or JSON)."""
     ks = parse_k(args.k, CliError)
     sets = example_sets(args.examples, args.instruction)
-    queries = read_beir_jsonl(args.queries, titles=False)
-    corpus = read_beir_jsonl(args.corpus, titles=True)
-    qrels = read_qrels(args.qrels, queries, corpus)
+    queries_path, corpus_path, qrels_path = beir_files(args)
+    queries = read_beir_jsonl(queries_path, titles=False)
+    corpus = read_beir_jsonl(corpus_path, titles=True)
+    qrels = read_qrels(qrels_path, queries, corpus)
     try:
         import pytrec_eval  # noqa: F401
     except ImportError as e:
@@ -164,17 +203,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data = RetrievalData.from_mappings(queries, corpus, qrels)
     except (TypeError, ValueError) as e:  # the readers above check the same; kept for a one-line error regardless
         raise CliError(str(e)) from e
+    limits = {name: getattr(args, name) for name in ("query_max_length", "passage_max_length")}
+    emb = load_embedder(
+        args,
+        query_instruction_for_retrieval=args.instruction,
+        show_progress=True,
+        batch_size=args.batch_size,
+        **{name: value for name, value in limits.items() if value is not None},
+    )
     if data.unjudged:
         print(
             f"bge-icl: {len(data.unjudged)} of {len(queries)} queries have no qrels and are not scored", file=sys.stderr
         )
-    emb = load_embedder(args, query_instruction_for_retrieval=args.instruction, show_progress=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results = compare_example_sets(emb, sets, queries, corpus, qrels, ks)
-    for w in caught:
-        if "have no qrels" not in str(w.message):  # said above
-            print(f"bge-icl: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+    report_warnings(caught, args.flags)  # the unjudged queries were said above, from the data's fields
     if args.json:
         summary = {"queries": len(data.query_ids), "unjudged_queries": len(data.unjudged), "passages": len(corpus)}
         print(json.dumps({**summary, "k_values": list(ks), "results": results}, indent=2))

@@ -7,7 +7,7 @@ import contextvars
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from bge_icl.adapter import EmbedderModel
 from bge_icl.inputs import as_one_text, as_text_batch
@@ -15,6 +15,8 @@ from bge_icl.truncation import OnTruncation
 
 QUERY_CACHE_COLLECTION = "bge_icl_query_embeddings"
 """The ``embeddings_cache`` collection that holds query vectors (passages stay in ``"embeddings"``)."""
+EMBED_BATCH_SIZE = 64
+"""``embed_batch_size``'s default here (LlamaIndex's is 10, too few for the core's token-budget batching)."""
 
 # Set while get_text_embedding_batch runs its embed_batch_size chunks (truncation already reported for the call).
 _BATCH_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("bge_icl_batch_checked", default=False)
@@ -55,8 +57,9 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
 
     Sync calls run on the calling thread; async calls run in a worker thread
     (:func:`asyncio.to_thread`) so the event loop keeps running. Calls on one model are serialized by
-    the model's lock; ``embed_batch_size`` texts go to each call and the core splits them into forward
-    passes by ``batch_size`` and ``max_batch_tokens``.
+    the model's lock; ``embed_batch_size`` texts (:data:`EMBED_BATCH_SIZE` by default, not LlamaIndex's 10) go to
+    each call and the core sorts them by length and splits them into forward passes by ``batch_size`` and
+    ``max_batch_tokens``.
 
     With ``embeddings_cache`` set, passages are cached as in LlamaIndex (raw text keys in the
     ``"embeddings"`` collection) and queries in :data:`QUERY_CACHE_COLLECTION` under a key that also
@@ -78,6 +81,12 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
         >>> index.as_retriever(similarity_top_k=3).retrieve("how much protein should a female eat")  # doctest: +SKIP
     """
 
+    embed_batch_size: int = Field(
+        default=EMBED_BATCH_SIZE,
+        gt=0,
+        le=2048,
+        description="Texts per core call; the core splits them into forward passes by its token budget.",
+    )
     _query_key_prefix: str = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:

@@ -2,14 +2,15 @@
 
 MTEB registers ``BAAI/bge-en-icl`` with its plain sentence-transformers loader and ``use_instructions=False``, so an
 MTEB run gives the model neither an instruction nor examples. :class:`BgeIclMtebModel` wraps an
-:class:`~bge_icl.ICLEmbedder` and gives each task the instruction and examples you name for it.
+:class:`~bge_icl.ICLEmbedder` and gives each task the instruction and examples you name for it; :func:`evaluate` is
+``mteb.evaluate`` after checking that every task named is a task of the run.
 
 Needs the ``mteb`` extra: ``pip install 'bge-icl[mteb]'``.
 
 Example:
     >>> import mteb  # doctest: +SKIP
     >>> model = BgeIclMtebModel(ICLEmbedder("BAAI/bge-en-icl"), tasks="task-examples.json")  # doctest: +SKIP
-    >>> result = mteb.evaluate(model, mteb.get_tasks(tasks=["SciFact"]))  # doctest: +SKIP
+    >>> result = evaluate(model, mteb.get_tasks(tasks=["SciFact"]))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,6 +23,6 @@ except ImportError as e:  # pragma: no cover - exercised only without mteb
     )
     raise ImportError(msg) from e
 
-from mteb_bge_icl.model import TASK_KEYS, BgeIclMtebModel, load_task_prompts
+from mteb_bge_icl.model import TASK_KEYS, BgeIclMtebModel, evaluate, load_task_prompts, run_task_names
 
-__all__ = ["TASK_KEYS", "BgeIclMtebModel", "load_task_prompts"]
+__all__ = ["TASK_KEYS", "BgeIclMtebModel", "evaluate", "load_task_prompts", "run_task_names"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import difflib
 import hashlib
 import json
 import os
@@ -9,8 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mteb
 import numpy as np
 from mteb import get_model_meta
+from mteb.abstasks.abstask import AbsTask
+from mteb.abstasks.aggregated_task import AbsTaskAggregate
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.types import PromptType
 
@@ -36,7 +41,8 @@ def load_task_prompts(source: TaskPrompts | str | os.PathLike[str] | None) -> di
 
     Raises:
         OSError: The file cannot be read.
-        ValueError: Not valid JSON, an unknown key, or malformed examples (the task is named).
+        ValueError: Not UTF-8 (a BOM is fine), not valid JSON, an unknown key, or malformed examples (the task is
+            named).
         TypeError: A value of the wrong type.
     """
     if source is None:
@@ -44,7 +50,7 @@ def load_task_prompts(source: TaskPrompts | str | os.PathLike[str] | None) -> di
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         try:
-            source = json.loads(path.read_text(encoding="utf-8"))
+            source = json.loads(_utf8(path.read_bytes(), f"task prompts file {path}"))
         except json.JSONDecodeError as e:
             msg = f"task prompts file {path} is not valid JSON: {e}"
             raise ValueError(msg) from e
@@ -72,13 +78,45 @@ def load_task_prompts(source: TaskPrompts | str | os.PathLike[str] | None) -> di
     return checked
 
 
+def _utf8(data: bytes, what: str) -> str:
+    """``data`` as UTF-8 text (a BOM dropped), else a ValueError naming ``what``, the line and the column."""
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        start = data.rfind(b"\n", 0, e.start) + 1
+        column = len(data[start : e.start].decode("utf-8", errors="replace")) + 1
+        line = data.count(b"\n", 0, e.start) + 1
+        msg = f"{what} is not UTF-8: byte 0x{data[e.start]:02x} on line {line}, column {column}; save it as UTF-8"
+        raise ValueError(msg) from None
+
+
+def run_task_names(tasks: Any) -> list[str]:
+    """The names of the tasks ``mteb.evaluate`` runs for ``tasks``: one task, an iterable of them (a benchmark),
+    and an aggregate task's parts beside it."""
+    items = [tasks] if isinstance(tasks, AbsTask) else list(tasks)
+    names: list[str] = []
+    for task in items:
+        names.append(task.metadata.name)
+        if isinstance(task, AbsTaskAggregate):
+            names.extend(part.metadata.name for part in task.metadata.tasks)
+    return names
+
+
+def _folded(name: str) -> str:
+    return "".join(c for c in name.casefold() if c.isalnum())
+
+
 class BgeIclMtebModel(AbsEncoder):
     """bge-en-icl for ``mteb.evaluate``: each task's queries get its instruction and its few-shot examples.
 
     For a task named in ``tasks``, queries are embedded with its ``"instruction"`` (else MTEB's prompt for the
     task) and its ``"examples"`` (else zero-shot); other tasks run zero-shot with MTEB's prompt, as bge-en-icl
-    was evaluated. Documents (``PromptType.document``) are embedded as they are, the same vectors for every
-    task; texts of symmetric tasks (STS, classification, clustering: no prompt type) are embedded as queries.
+    was evaluated. A prompt name must be a task name exactly: :func:`evaluate` (``mteb.evaluate`` after
+    :meth:`check_task_names`) refuses names that are no task of the run, and a task that runs while the prompts
+    name it in another spelling (``"Scifact"`` for ``SciFact``) raises instead of running zero-shot. Documents
+    (``PromptType.document``) are embedded as they are, the same vectors for every task; texts of symmetric tasks
+    (STS, classification, clustering: no prompt type) are embedded as queries.
     The per-task embedders share the loaded weights (:meth:`~bge_icl.ICLEmbedder.with_options`) and are cached
     by task name. MTEB's ``batch_size`` is ignored (the embedder batches by its token budget);
     ``show_progress_bar`` is honoured.
@@ -106,9 +144,43 @@ class BgeIclMtebModel(AbsEncoder):
         """Load the model (the shape of MTEB's loaders); ``**options`` are :class:`~bge_icl.EmbedderOptions`."""
         return cls(ICLEmbedder(model_name, revision=revision, devices=device, **options), tasks)
 
+    def check_task_names(self, tasks: Any) -> None:
+        """Refuse task prompts that name no task of a run (``tasks`` as ``mteb.evaluate`` takes them).
+
+        Raises:
+            ValueError: A name matches no task; the message lists the run's tasks and the near matches.
+        """
+        run = run_task_names(tasks)
+        unmatched = [name for name in self.task_prompts if name not in run]
+        if not unmatched:
+            return
+        named = []
+        for name in unmatched:
+            near = [t for t in run if _folded(t) == _folded(name)] or difflib.get_close_matches(name, run, n=2)
+            hint = f" (did you mean {' or '.join(repr(t) for t in near)}?)" if near else ""
+            named.append(f"{name!r}{hint}")
+        which = "is" if len(unmatched) == 1 else "are"
+        msg = (
+            f"the task prompts name {', '.join(named)}, which {which} no task of this run; its tasks: "
+            f"{', '.join(repr(t) for t in run)}"
+        )
+        raise ValueError(msg)
+
     def embedder_for(self, task_metadata: TaskMetadata, prompt_type: PromptType | None = None) -> ICLEmbedder:
-        """The embedder for a task's queries: its instruction and examples (cached by task name)."""
+        """The embedder for a task's queries: its instruction and examples (cached by task name).
+
+        Raises:
+            ValueError: The task has no prompts, but the prompts name it in another spelling (case, punctuation).
+        """
         key = (task_metadata.name, prompt_type.value if prompt_type else None)
+        if task_metadata.name not in self.task_prompts:
+            twin = next((n for n in self.task_prompts if _folded(n) == _folded(task_metadata.name)), None)
+            if twin is not None:
+                msg = (
+                    f"the task prompts name {twin!r}, but the task is {task_metadata.name!r}: name it exactly, or it "
+                    "runs zero-shot"
+                )
+                raise ValueError(msg)
         if key not in self._embedders:
             spec = self.task_prompts.get(task_metadata.name, {})
             instruction = spec.get("instruction") or self.get_instruction(task_metadata, prompt_type) or None
@@ -129,13 +201,31 @@ class BgeIclMtebModel(AbsEncoder):
         return np.asarray(queries.encode_queries(texts, convert_to_numpy=True, **call))
 
 
+def evaluate(model: BgeIclMtebModel, tasks: Any, **kwargs: Any) -> Any:
+    """``mteb.evaluate(model, tasks, **kwargs)``, after :meth:`BgeIclMtebModel.check_task_names`: a task prompt
+    that names no task of the run is an error before anything runs, not a task run zero-shot.
+
+    Raises:
+        ValueError: A task prompt names no task of ``tasks`` (the message lists them and the near matches).
+    """
+    model.check_task_names(tasks)
+    encoder: Any = model  # an AbsEncoder; mypy does not match its keyword-only encode() to MTEB's protocol
+    return mteb.evaluate(encoder, tasks, **kwargs)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+
+
 def _model_meta(embedder: ICLEmbedder, task_prompts: dict[str, dict[str, Any]]) -> ModelMeta:
-    """MTEB's entry for bge-en-icl, marked as using instructions, with the task prompts' hash as the experiment
-    (so that its results never mix, in a result cache, with the plain sentence-transformers run's)."""
+    """MTEB's entry for bge-en-icl, marked as using instructions, its experiment named after the task prompts and
+    everything that changes a vector (the embedder's passage and query fingerprints: model, revision, dtype,
+    dimension, normalization, both max lengths, the prompt), so that a result cache never hands back the results of
+    other settings, nor of the plain sentence-transformers run."""
     registered = get_model_meta(REGISTERED)
     source = embedder.options.model_name
     same = source == REGISTERED
-    digest = hashlib.sha256(json.dumps(task_prompts, sort_keys=True).encode()).hexdigest()[:12]
+    vectors = _digest({kind: embedder.fingerprint(kind) for kind in ("passages", "queries")})
     return registered.model_copy(
         update={
             "loader": None,
@@ -143,6 +233,9 @@ def _model_meta(embedder: ICLEmbedder, task_prompts: dict[str, dict[str, Any]]) 
             "revision": embedder.options.revision or (registered.revision if same else None),
             "embed_dim": embedder.dimension,
             "use_instructions": True,
-            "experiment_kwargs": {"bge_icl_task_prompts": digest if task_prompts else "none"},
+            "experiment_kwargs": {
+                "bge_icl_task_prompts": _digest(task_prompts) if task_prompts else "none",
+                "bge_icl_vectors": vectors,
+            },
         }
     )

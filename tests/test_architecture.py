@@ -150,3 +150,184 @@ def test_every_forward_path_is_defined_in_the_forward_module() -> None:
     assert {name: defined.get(name) for name in FORWARD_PATHS} == {name: ["forward.py"] for name in FORWARD_PATHS}
     assert set(defined) == set(FORWARD_PATHS), defined
     assert model_calls and all(call.startswith("forward.py:") for call in model_calls), model_calls
+
+
+# -- the command line formats its own words from the core's fields; it never parses a message -----------------------
+
+TEXT_LIBRARIES = {"re", "regex", "fnmatch", "parse"}
+# str methods that look into a text (split() without arguments only folds whitespace, and is allowed).
+INSPECTING = {"startswith", "endswith", "find", "rfind", "index", "rindex", "count", "partition", "rpartition",
+              "replace", "removeprefix", "removesuffix", "split", "rsplit", "splitlines", "lower", "upper",
+              "casefold", "strip", "lstrip", "rstrip", "match", "search", "fullmatch", "sub", "findall"}  # fmt: skip
+
+
+class _MessageParsing(ast.NodeVisitor):
+    """Finds where a module looks into the text of a caught exception or warning.
+
+    A caught object is a name bound by ``except ... as e`` or by ``with warnings.catch_warnings(record=True) as c``
+    (and whatever is read, called or iterated from one: ``w.message``, ``e.errors()``, ``for w in c``). Its *text* is
+    ``str()`` / ``repr()`` / ``format()`` / an f-string of it, its ``args`` or ``msg``, or a ``["msg"]`` item, and
+    names assigned from such text. Reading fields (``w.message.count``) is fine; comparing the text, slicing it or
+    calling an inspecting str method on it is parsing.
+    """
+
+    def __init__(self) -> None:
+        self.caught: set[str] = set()
+        self.texts: set[str] = set()
+        self.found: list[str] = []
+
+    def is_caught(self, node: ast.AST) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id in self.caught
+        if isinstance(node, (ast.Attribute, ast.Subscript)):
+            return self.is_caught(node.value)
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name) and node.func.id == "getattr" and node.args:
+                return self.is_caught(node.args[0])
+            return self.is_caught(node.func)
+        return False
+
+    def is_text(self, node: ast.AST) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id in self.texts
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name) and node.func.id in ("str", "repr", "format", "ascii"):
+                return any(self.is_caught(a) or self.is_text(a) for a in node.args)
+            if isinstance(node.func, ast.Attribute):
+                return self.is_text(node.func.value) or any(self.is_text(a) for a in node.args)
+            return False
+        if isinstance(node, ast.IfExp):
+            return self.is_text(node.body) or self.is_text(node.orelse)
+        if isinstance(node, ast.BoolOp):
+            return any(self.is_text(v) for v in node.values)
+        if isinstance(node, ast.BinOp):
+            return self.is_text(node.left) or self.is_text(node.right)
+        if isinstance(node, (ast.GeneratorExp, ast.ListComp)):
+            return self.is_text(node.elt)
+        if isinstance(node, ast.JoinedStr):
+            return any(isinstance(v, ast.FormattedValue) and (self.is_caught(v.value) or self.is_text(v.value))
+                       for v in node.values)  # fmt: skip
+        if isinstance(node, ast.Attribute):
+            return (node.attr in ("args", "msg") and self.is_caught(node.value)) or self.is_text(node.value)
+        if isinstance(node, ast.Subscript):
+            key = node.slice
+            is_msg = isinstance(key, ast.Constant) and key.value in ("msg", "message")
+            return (is_msg and self.is_caught(node.value)) or self.is_text(node.value)
+        return False
+
+    def bind(self, target: ast.AST, value: ast.AST) -> None:
+        names = [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
+        if self.is_text(value):
+            self.texts.update(names)
+        elif self.is_caught(value):
+            self.caught.update(names)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        saved = set(self.caught), set(self.texts)  # names are local to their function
+        self.caught, self.texts = set(), set()
+        self.generic_visit(node)
+        self.caught, self.texts = saved
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.name:
+            self.caught.add(node.name)
+        self.generic_visit(node)
+
+    def visit_With(self, node: ast.With) -> None:
+        for item in node.items:
+            if item.optional_vars is not None and "catch_warnings" in ast.unparse(item.context_expr):
+                self.caught.update(n.id for n in ast.walk(item.optional_vars) if isinstance(n, ast.Name))
+        self.generic_visit(node)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.generic_visit(node)  # first: a comprehension in the value binds its loop names
+        for target in node.targets:
+            self.bind(target, node.value)
+
+    def visit_For(self, node: ast.For) -> None:
+        self.bind(node.target, node.iter)
+        self.generic_visit(node)
+
+    def visit_comprehension(self, node: ast.comprehension) -> None:
+        self.bind(node.target, node.iter)
+        self.generic_visit(node)
+
+    def _visit_comprehensions(self, node: ast.AST) -> None:
+        for generator in getattr(node, "generators", []):  # bind the loop names before the element is read
+            self.visit(generator)
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, ast.comprehension):
+                self.visit(child)
+
+    visit_ListComp = visit_SetComp = visit_GeneratorExp = visit_DictComp = _visit_comprehensions
+
+    def visit_Compare(self, node: ast.Compare) -> None:
+        if any(self.is_text(side) for side in (node.left, *node.comparators)):
+            self.found.append(f"line {node.lineno}: compares message text: {ast.unparse(node)}")
+        self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in INSPECTING and self.is_text(func.value):
+            if func.attr != "split" or node.args or node.keywords:
+                self.found.append(f"line {node.lineno}: inspects message text: {ast.unparse(node)}")
+        self.generic_visit(node)
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        if self.is_text(node.value) and not (isinstance(node.slice, ast.Constant) and node.slice.value == "msg"):
+            self.found.append(f"line {node.lineno}: slices message text: {ast.unparse(node)}")
+        self.generic_visit(node)
+
+
+def message_parsing(source: str) -> list[str]:
+    """Where ``source`` parses the text of a caught exception or warning, or imports a text-matching library."""
+    tree = ast.parse(source)
+    found = [f"line {n.lineno}: imports {name}" for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+             for name in ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""])
+             if name.split(".")[0] in TEXT_LIBRARIES]  # fmt: skip
+    checker = _MessageParsing()
+    checker.visit(tree)
+    return found + checker.found
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "bge_icl_cli").glob("*.py")), ids=lambda p: p.name)
+def test_the_cli_never_parses_a_core_message(path: Path) -> None:
+    found = message_parsing(path.read_text(encoding="utf-8"))
+    where = path.relative_to(ROOT)
+    assert not found, f"{where} reads the text of a message instead of its fields:\n" + "\n".join(found)
+
+
+PROBE = '''
+import re
+import warnings
+
+def truncated(encode, texts):
+    with warnings.catch_warnings(record=True) as caught:
+        encode(texts)
+    for w in caught:
+        count = re.match(r"(\\\\d+) of ", str(w.message))
+        if "have no qrels" not in str(w.message):
+            print(w)
+
+def load(make):
+    try:
+        return make()
+    except ValueError as e:
+        errors = getattr(e, "errors", None)
+        text = "; ".join(str(x["msg"]).removeprefix("Value error, ") for x in errors()) if errors else str(e)
+        if text.startswith("dtype"):
+            raise
+        return text[:10]
+'''
+
+
+def test_the_parsing_check_catches_what_the_cli_used_to_do() -> None:
+    found = message_parsing(PROBE)
+    assert len(found) == 5, found
+    for needle in ("imports re", "compares message text", "inspects message text: str(x['msg']).removeprefix",
+                   "inspects message text: text.startswith", "slices message text: text[:10]"):  # fmt: skip
+        assert any(needle in line for line in found), (needle, found)
+    fields = "def f(caught):\n    for w in caught:\n        if w.message.count > 0:\n            print(w.message)\n"
+    assert message_parsing(fields) == []  # fields are read, not text

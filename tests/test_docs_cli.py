@@ -61,6 +61,8 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "protein.txt").write_text("Women need about 46 grams of protein a day.\n")
     write_beir(tmp_path)  # queries.jsonl, corpus.jsonl, qrels.tsv
+    (tmp_path / "my-dataset" / "qrels").mkdir(parents=True)  # a BEIR dataset folder, for evaluate --data
+    write_beir(tmp_path / "my-dataset")[2].rename(tmp_path / "my-dataset" / "qrels" / "test.tsv")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

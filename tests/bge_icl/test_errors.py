@@ -53,6 +53,20 @@ def test_the_embedder_raises_the_option_error_itself(tiny_dir: Path) -> None:
     assert info.value.option == "passage_max_length"
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"query_max_length": 3}, "query_max_length=3 leaves no room for the query"),
+        ({"passage_max_length": 2}, "passage_max_length=2 leaves no room for text next to 2 special tokens"),
+    ],
+)
+def test_limits_that_leave_no_room_name_the_option(tiny_dir: Path, options: dict[str, int], message: str) -> None:
+    with pytest.raises(OptionValueError, match=re.escape(message)) as info:
+        ICLEmbedder(str(tiny_dir), devices="cpu", **options)
+    assert (info.value.option, info.value.value) == next(iter(options.items()))
+    assert isinstance(info.value, ValueError)
+
+
 def test_call_arguments_name_themselves(emb: ICLEmbedder) -> None:
     with pytest.raises(OptionValueError) as info:
         emb.encode_corpus(["a"], batch_size=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from bge_icl import ICLEmbedder
 from bge_icl.evaluation import (
     RetrievalData,
+    UnjudgedQueriesWarning,
     compare_example_sets,
     encode_passages,
     evaluate_retrieval,
@@ -204,3 +206,23 @@ def test_retrieval_data_keeps_order_and_names_the_unjudged() -> None:
     data = RetrievalData.from_mappings(QUERIES, CORPUS, QRELS)
     assert data.query_ids == tuple(JUDGED) and data.unjudged == ("q-unjudged",)
     assert data.doc_ids == tuple(CORPUS) and data.doc_texts == tuple(CORPUS.values())
+
+
+def test_an_int_k_is_one_cutoff(emb: ICLEmbedder) -> None:
+    assert evaluate_retrieval(emb, JUDGED_QUERIES, CORPUS, QRELS, k_values=10) == evaluate_retrieval(
+        emb, JUDGED_QUERIES, CORPUS, QRELS, k_values=(10,)
+    )
+    with pytest.raises(ValueError, match=re.escape("k_values must be a positive int or an iterable of them, got '10'")):
+        evaluate_retrieval(emb, JUDGED_QUERIES, CORPUS, QRELS, k_values="10")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=re.escape("k_values must be a positive int or an iterable of them, got 2.5")):
+        evaluate_retrieval(emb, JUDGED_QUERIES, CORPUS, QRELS, k_values=2.5)  # type: ignore[arg-type]
+
+
+def test_unjudged_queries_are_a_warning_with_fields(emb: ICLEmbedder) -> None:
+    with pytest.warns(UnjudgedQueriesWarning) as record:
+        compare_example_sets(emb, {"zero-shot": None}, QUERIES, CORPUS, QRELS, k_values=(1,))
+    (warning,) = [w.message for w in record if isinstance(w.message, UnjudgedQueriesWarning)]
+    assert (warning.query_ids, warning.count, warning.total) == (("q-unjudged",), 1, len(QUERIES))
+    assert isinstance(warning, UserWarning)
+    copy = pickle.loads(pickle.dumps(warning))
+    assert (copy.query_ids, copy.count, copy.total, str(copy)) == (("q-unjudged",), 1, 9, str(warning))

@@ -3,6 +3,7 @@ quantization of the float32 vectors; calibration makes separate calls comparable
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from typing import Any
@@ -112,3 +113,68 @@ def test_the_core_does_not_import_sentence_transformers_until_a_precision_asks()
     code = "import sys, bge_icl, bge_icl.encoder, bge_icl.precision; print('sentence_transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_an_empty_call_has_the_precisions_dtype_and_width(emb: ICLEmbedder, precision: str) -> None:
+    pytest.importorskip("sentence_transformers")
+    full = emb.encode_corpus(PASSAGES, precision=precision)  # (N, 64) or (N, 8) in the precision's dtype
+    empty = emb.encode_corpus([], precision=precision)
+    assert (empty.dtype, empty.shape) == (full.dtype, (0, full.shape[1]))
+    width = 64 if precision in ("float32", "int8", "uint8") else 8  # ceil(64 / 8) bytes of bits
+    assert full.shape[1] == width
+    joined = np.concatenate([full, empty])  # appending an empty call keeps the index's dtype
+    assert joined.dtype == full.dtype
+    np.testing.assert_array_equal(joined, full)
+    if precision.endswith("int8"):
+        ranges = calibration_ranges(emb.encode_corpus(PASSAGES))
+        calibrated = emb.encode_corpus([], precision=precision, calibration=ranges)
+        assert (calibrated.dtype, calibrated.shape) == (full.dtype, (0, 64))
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8"])
+def test_an_uncalibrated_call_is_quiet(
+    emb: ICLEmbedder, precision: str, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sentence_transformers")
+    with caplog.at_level("DEBUG"):
+        out = emb.encode_corpus(PASSAGES, precision=precision, show_progress=False)
+    np.testing.assert_array_equal(out, _brute_force(emb.encode_corpus(PASSAGES), precision))
+    assert not [r for r in caplog.records if "quantization" in r.getMessage()], caplog.text
+    assert "quantization buckets" not in capfd.readouterr().err
+
+
+def test_calibration_ranges_refuse_codes() -> None:
+    codes = np.array([[1, -3], [4, 2]], dtype=np.int8)
+    message = "calibration_ranges takes float vectors (precision 'float32'), got int8: ranges of int8 codes"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        calibration_ranges(codes)
+    finite = "calibration_ranges takes finite vectors; row(s) [1] hold nan or inf"
+    with pytest.raises(ValueError, match=re.escape(finite)):
+        calibration_ranges(np.array([[0.1, 0.2], [np.nan, 0.3]], dtype=np.float32))
+
+
+def _ranges(emb: ICLEmbedder) -> np.ndarray:
+    return calibration_ranges(emb.encode_corpus(PASSAGES))
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda r: r.__setitem__((0, 5), np.nan),
+         "calibration must be finite; dimension(s) [5] hold nan or inf (recompute it with calibration_ranges)"),
+        (lambda r: r.__setitem__((1, 7), np.inf),
+         "calibration must be finite; dimension(s) [7] hold nan or inf (recompute it with calibration_ranges)"),
+        (lambda r: r.__setitem__(slice(None), r[::-1].copy()),
+         "calibration has min > max in dimension(s) [0, 1, 2, ...] (row 0 holds the minimum, row 1 the maximum)"),
+    ],
+)  # fmt: skip
+def test_calibration_that_is_not_finite_or_has_min_above_max_is_refused(
+    emb: ICLEmbedder, spoil: Any, message: str
+) -> None:
+    ranges = _ranges(emb)
+    spoil(ranges)
+    before = emb.stats.replica_rows
+    with pytest.raises(ValueError, match=re.escape(message)):
+        emb.encode_corpus(PASSAGES, precision="int8", calibration=ranges)
+    assert emb.stats.replica_rows == before  # refused before any work

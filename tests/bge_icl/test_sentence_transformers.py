@@ -167,7 +167,7 @@ def test_refuses_what_is_not_a_sentence_transformer(tiny_dir: Path) -> None:
         ICLEmbedder.from_sentence_transformer(str(tiny_dir))
 
 
-@pytest.mark.parametrize("option", ["dtype", "devices", "model_name", "revision"])
+@pytest.mark.parametrize("option", ["dtype", "devices", "model_name", "revision", "model", "model_name_or_path"])
 def test_refuses_options_that_the_model_decides(st_model: Any, option: str) -> None:
     with pytest.raises(TypeError, match=rf"takes \['{option}'\] from the SentenceTransformer"):
         ICLEmbedder.from_sentence_transformer(st_model, **{option: "x"})

@@ -83,7 +83,7 @@ def test_embed_txt_to_npy(capsys: pytest.CaptureFixture[str], tiny_dir: Path, te
     vectors = np.load(out_path)
     assert vectors.shape == (2, 64) and vectors.dtype == np.float32
     assert "wrote 2 x 64 query vectors" in out
-    assert "0 of 2 texts truncated" in err
+    assert "truncated" not in err  # the count is printed only when something was cut
     assert "Embedding queries" in err  # the progress bar is on
     emb = ICLEmbedder(
         str(tiny_dir), examples_for_task=EXAMPLES, query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION, devices="cpu"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from bge_icl.evaluation import compare_example_sets
 from bge_icl_cli.evaluate import passage_text
 from tests.bge_icl_cli.test_cli import CPU, run
 from tests.conftest import NOTEBOOK_EXAMPLES
-from tests.retrieval_data import CORPUS, QRELS, QUERIES, write_beir
+from tests.retrieval_data import CORPUS, JUDGED, QRELS, QUERIES, write_beir
 
 pytest.importorskip("pytrec_eval")
 
@@ -143,3 +144,87 @@ def test_help_names_evaluate(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "{demo,embed,search,evaluate}" in out
     code, out, _ = run(capsys, "evaluate", "--help")
     assert code == 0 and "--qrels" in out and "--examples NAME|FILE|none" in out
+
+
+# -- a BEIR dataset folder, and the batching flags of embed ------------------------------------------------------
+
+
+@pytest.fixture
+def beir_folder(tmp_path: Path) -> Path:
+    """BEIR's layout: corpus.jsonl, queries.jsonl, qrels/test.tsv, and a dev split judging two queries."""
+    folder = tmp_path / "my-dataset"
+    (folder / "qrels").mkdir(parents=True)
+    _, _, qrels = write_beir(folder)
+    qrels.rename(folder / "qrels" / "test.tsv")
+    dev = [f"{q}\t{d}\t{g}" for q in ("q-protein", "q-summit") for d, g in QRELS[q].items()]
+    (folder / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(dev) + "\n")
+    return folder
+
+
+def _python_api(tiny_dir: Path, qrels: dict[str, dict[str, int]], **options: int) -> dict[str, dict[str, float]]:
+    emb = ICLEmbedder(str(tiny_dir), devices="cpu", show_progress=False, on_truncation="ignore",
+                      query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION, **options)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compare_example_sets(emb, {"none": None}, QUERIES, CORPUS, qrels, (1, 5, 10))
+
+
+def test_a_beir_dataset_folder(capsys: pytest.CaptureFixture[str], tiny_dir: Path, beir_folder: Path) -> None:
+    code, out, err = evaluate(capsys, tiny_dir, "--data", str(beir_folder), "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["queries"] == 8 and got["results"] == _python_api(tiny_dir, QRELS)
+    code, out, err = evaluate(capsys, tiny_dir, "--data", str(beir_folder), "--split", "dev", "--json")
+    assert code == 0, err
+    dev = {q: QRELS[q] for q in ("q-protein", "q-summit")}
+    assert json.loads(out)["queries"] == 2 and json.loads(out)["results"] == _python_api(tiny_dir, dev)
+    assert "bge-icl: 7 of 9 queries have no qrels and are not scored" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data", "{folder}", "--split", "train"],
+         "--data {folder} has no qrels/train.tsv (splits there: dev, test); pick one with --split"),
+        (["--data", "{folder}/nope"],
+         "--data {folder}/nope is not a folder (BEIR's layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)"),
+        (["--data", "{folder}", "--queries", "{folder}/queries.jsonl"],
+         "--data DIR replaces --queries, --corpus and --qrels; give one or the other"),
+        (["--queries", "{folder}/queries.jsonl"],
+         "give --data DIR (a BEIR dataset folder) or --queries, --corpus and --qrels; missing --corpus, --qrels"),
+        ([], "give --data DIR (a BEIR dataset folder) or --queries, --corpus and --qrels; missing --queries, "),
+        (["--queries", "{folder}/queries.jsonl", "--corpus", "{folder}/corpus.jsonl", "--qrels",
+          "{folder}/qrels/test.tsv", "--split", "dev"], "--split picks qrels/<split>.tsv in --data DIR"),
+        (["--data", "{folder}", "--passage-max-length", "0"], "--passage-max-length must be a positive int, got 0"),
+        (["--data", "{folder}", "--batch-size", "-1"], "--batch-size must be a positive int, got -1"),
+    ],
+)  # fmt: skip
+def test_bad_dataset_arguments_are_one_line_before_loading(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, beir_folder: Path, argv: list[str], message: str
+) -> None:
+    argv = [a.format(folder=beir_folder) for a in argv]
+    code, _, err = run(capsys, "evaluate", *argv, "--model", tmp_path / "no-model", *CPU)  # exit 2 if it loaded
+    assert code == 1, err
+    assert err.startswith(f"bge-icl: error: {message.format(folder=beir_folder)}") and len(err.splitlines()) == 1
+
+
+def test_length_and_batch_flags_as_in_embed(capsys: pytest.CaptureFixture[str], tiny_dir: Path,
+                                             beir_folder: Path) -> None:  # fmt: skip
+    limits = ["--passage-max-length", "16", "--query-max-length", "24", "--batch-size", "3"]
+    code, out, err = evaluate(capsys, tiny_dir, "--data", str(beir_folder), *limits, "--json")
+    assert code == 0, err
+    expected = _python_api(tiny_dir, QRELS, passage_max_length=16, query_max_length=24)
+    assert json.loads(out)["results"] == expected
+    assert expected != _python_api(tiny_dir, QRELS)  # the limits changed the vectors
+    short = ICLEmbedder(str(tiny_dir), devices="cpu", passage_max_length=16, query_max_length=24,
+                        query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION)  # fmt: skip
+    cut_passages = short.tokenize_corpus(list(CORPUS.values())).truncated
+    cut_queries = short.tokenize_queries([QUERIES[q] for q in JUDGED]).truncated
+    assert cut_passages and cut_queries
+    assert [line for line in err.splitlines() if "exceeded" in line] == [
+        f"bge-icl: warning: {len(cut_passages)} of {len(CORPUS)} passages exceeded --passage-max-length=16 tokens "
+        f"and were truncated (first: item {cut_passages[0]})",
+        f"bge-icl: warning: {len(cut_queries)} of {len(JUDGED)} queries exceeded --query-max-length=24 tokens "
+        f"and were truncated (first: item {cut_queries[0]})",
+    ]
+    assert "_length" not in err and "have no qrels and are not scored: " not in err  # said once, as the CLI says it

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,9 +17,10 @@ from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.llms import MockLLM
 from llama_index.core.node_parser import SentenceSplitter
-from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, TextNode
+from llama_index.core.storage.kvstore import SimpleKVStore
 
-from bge_icl import ICLEmbedder
+from bge_icl import ICLEmbedder, TruncationWarning
 from llamaindex_bge_icl import BgeIclEmbedding
 from tests.conftest import NOTEBOOK_DOCUMENTS, NOTEBOOK_QUERIES
 from tests.llamaindex_bge_icl.conftest import CORPUS
@@ -94,3 +99,47 @@ async def test_ingestion_pipeline_async(emb: BgeIclEmbedding, core: ICLEmbedder)
     nodes = await pipeline.arun(documents=[Document(text=t) for t in NOTEBOOK_DOCUMENTS])
     texts = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
     np.testing.assert_allclose(np.array([n.embedding for n in nodes]), core.encode_corpus(texts), atol=1e-5)
+
+
+def _documented_embed_batch_size() -> int:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "llamaindex.md").read_text(encoding="utf-8")
+    found = re.search(r"^\| `embed_batch_size` \| (\d+) \|", page, re.MULTILINE)
+    assert found, "docs/llamaindex.md states no embed_batch_size default"
+    return int(found.group(1))
+
+
+def test_an_index_of_1000_nodes_reaches_the_core_in_chunks_of_the_documented_size(
+    fields: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    documented = _documented_embed_batch_size()
+    assert BgeIclEmbedding.model_fields["embed_batch_size"].default == documented  # the docs state the code's default
+    emb = BgeIclEmbedding(**{**fields, "on_truncation": "warn", "passage_max_length": 16})
+    calls: list[int] = []
+    real = emb.embedder.encode_corpus
+    monkeypatch.setattr(emb.embedder, "encode_corpus",
+                        lambda texts, **kw: (calls.append(len(texts)), real(texts, **kw))[1])  # fmt: skip
+    texts = [f"passage {i}: " + ("a long one, " * 20 if i % 250 == 7 else "short") for i in range(1000)]
+    nodes = [TextNode(text=t, id_=str(i)) for i, t in enumerate(texts)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        VectorStoreIndex(nodes, embed_model=emb)
+    assert calls == [documented] * (1000 // documented) + [1000 % documented] * (1000 % documented > 0)
+    assert documented >= 64  # so that the core's token budget, not LlamaIndex's default of 10, sizes the passes
+    reports = [w.message for w in caught if isinstance(w.message, TruncationWarning)]
+    assert [(r.count, r.total) for r in reports] == [(4, 1000)]  # one report for the whole call
+
+
+def test_embeddings_cache_still_answers_a_1000_node_index(fields: dict[str, Any],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    store = SimpleKVStore()
+    emb = BgeIclEmbedding(**fields, embeddings_cache=store)
+    nodes = [TextNode(text=f"passage {i} about mountains", id_=str(i)) for i in range(1000)]
+    first = VectorStoreIndex(nodes, embed_model=emb)
+    calls: list[int] = []
+    real = emb.embedder.encode_corpus
+    monkeypatch.setattr(emb.embedder, "encode_corpus",
+                        lambda texts, **kw: (calls.append(len(texts)), real(texts, **kw))[1])  # fmt: skip
+    again = VectorStoreIndex(nodes, embed_model=emb)
+    assert calls == []  # every vector came from the cache
+    assert len(store.get_all("embeddings")) == 1000
+    assert again.vector_store.get("7") == first.vector_store.get("7")

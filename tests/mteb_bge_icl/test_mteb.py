@@ -161,3 +161,78 @@ def test_without_mteb_the_import_names_the_extra(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delitem(sys.modules, "mteb_bge_icl")
     with pytest.raises(ImportError, match=re.escape("install it with: pip install 'bge-icl[mteb]'")):
         importlib.import_module("mteb_bge_icl")
+
+
+# -- results filed under everything that changes a vector; prompts that name no task of the run ----------------------
+
+
+def test_results_are_filed_under_everything_that_changes_a_vector(emb: ICLEmbedder, tmp_path: Path) -> None:
+    cache = mteb.ResultCache(tmp_path / "results")
+    first = mteb.evaluate(BgeIclMtebModel(emb), LocalRetrieval(), cache=cache, show_progress_bar=False)
+    short = emb.with_options(passage_max_length=8)
+    cached = mteb.evaluate(BgeIclMtebModel(short), LocalRetrieval(), cache=cache, show_progress_bar=False)
+    fresh = run_mteb(BgeIclMtebModel(short))  # no cache: what these settings score
+    assert cached.task_results[0].scores["test"][0]["ndcg_at_10"] == fresh["ndcg_at_10"]
+    assert fresh["ndcg_at_10"] != first.task_results[0].scores["test"][0]["ndcg_at_10"]
+
+
+def test_the_experiment_name_follows_both_fingerprints(emb: ICLEmbedder) -> None:
+    def name(embedder: ICLEmbedder, prompts: Any = None) -> Any:
+        return BgeIclMtebModel(embedder, prompts).mteb_model_meta.experiment_kwargs
+
+    base = name(emb)
+    assert name(emb.with_options()) == base  # the same settings: the same results
+    changes: list[dict[str, Any]] = [
+        {"passage_max_length": 8},
+        {"query_max_length": 16},
+        {"normalize_embeddings": False},
+        {"query_instruction_for_retrieval": "Find it."},
+        {"examples_for_task": NOTEBOOK_EXAMPLES},
+    ]
+    for changed in changes:
+        assert name(emb.with_options(**changed)) != base, changed
+    assert name(emb.with_options(batch_size=3)) == base  # batching does not change a vector
+    assert name(emb, {TASK: {"examples": NOTEBOOK_EXAMPLES}}) != base
+
+
+def test_a_task_prompt_that_names_no_task_of_the_run_is_an_error(emb: ICLEmbedder) -> None:
+    from mteb_bge_icl import evaluate
+
+    model = BgeIclMtebModel(emb, {"bgeicllocalretrieval": {"examples": NOTEBOOK_EXAMPLES}, "Other": {}})
+    message = (
+        "the task prompts name 'bgeicllocalretrieval' (did you mean 'BgeIclLocalRetrieval'?), 'Other', which are no "
+        "task of this run; its tasks: 'BgeIclLocalRetrieval'"
+    )
+    before = emb.stats.replica_rows
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate(model, [LocalRetrieval()], cache=None, show_progress_bar=False)
+    assert emb.stats.replica_rows == before  # refused before anything was embedded
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.check_task_names(LocalRetrieval())
+
+
+def test_a_task_run_directly_refuses_a_prompt_spelled_otherwise(emb: ICLEmbedder) -> None:
+    model = BgeIclMtebModel(emb, {"bgeiclLocalRetrieval": {"examples": NOTEBOOK_EXAMPLES}})
+    message = "the task prompts name 'bgeiclLocalRetrieval', but the task is 'BgeIclLocalRetrieval'"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_mteb(model)  # mteb.evaluate itself: the task would otherwise run zero-shot
+
+
+def test_a_matching_run_evaluates_as_mteb_does(emb: ICLEmbedder) -> None:
+    from mteb_bge_icl import evaluate
+
+    prompts = {TASK: {"instruction": WEB_SEARCH_INSTRUCTION, "examples": NOTEBOOK_EXAMPLES}}
+    ours = evaluate(BgeIclMtebModel(emb, prompts), [LocalRetrieval()], cache=None, show_progress_bar=False)
+    assert ours.task_results[0].scores["test"][0] == run_mteb(BgeIclMtebModel(emb, prompts))
+
+
+def test_prompts_files_with_a_bom_are_read_and_bad_bytes_named(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({TASK: {"examples": NOTEBOOK_EXAMPLES}}).encode())
+    assert load_task_prompts(path) == {TASK: {"examples": NOTEBOOK_EXAMPLES}}
+    text = json.dumps({TASK: {"instruction": "Trouvez le café"}}, ensure_ascii=False)
+    path.write_bytes(text.encode("latin-1"))
+    column = text.index("é") + 1
+    message = f"task prompts file {path} is not UTF-8: byte 0xe9 on line 1, column {column}; save it as UTF-8"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_task_prompts(path)
