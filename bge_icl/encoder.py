@@ -16,7 +16,6 @@ Queries and passages differ only in ``prepare``: the ids put before and after th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -372,26 +371,8 @@ class ICLEmbedder(SentenceTransformersCompat):
         else:
             request = self.prepare(items, kind)
         self._report(request, on_truncation)
-        job = self._job(request, self._rows)
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-
-        def resolve() -> None:
-            if not done.done():
-                done.set_result(None)
-
-        def wake() -> None:
-            with contextlib.suppress(RuntimeError):  # the loop may have closed meanwhile
-                loop.call_soon_threadsafe(resolve)
-
-        job.on_done(wake)
-        self._scheduler.submit(job)
-        try:
-            await done
-        except BaseException:
-            self._scheduler.cancel(job)
-            raise
-        return Embedded(job.result(), tuple(len(x) for x in request.ids), tuple(request.truncated))
+        vectors = await self._scheduler.arun(self._job(request, self._rows))
+        return Embedded(vectors, tuple(len(x) for x in request.ids), tuple(request.truncated))
 
     def check_truncation(self, texts: Iterable[str], kind: Kind) -> list[int]:
         """Report, as an encode call would, which ``texts`` exceed their max length, without embedding them.

@@ -28,7 +28,9 @@ on the next call.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import itertools
 import os
 import threading
@@ -255,6 +257,29 @@ class Scheduler:
         except BaseException:
             self.cancel(job)  # Ctrl-C (or any error) while waiting: its rows that have not run are dropped
             raise
+
+    async def arun(self, job: Job) -> np.ndarray:
+        """:meth:`run` for asyncio: waits without blocking the event loop; cancelling the awaiting task cancels
+        ``job``."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def resolve() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop may have closed meanwhile
+                loop.call_soon_threadsafe(resolve)
+
+        job.on_done(wake)
+        self.submit(job)
+        try:
+            await done
+        except BaseException:
+            self.cancel(job)
+            raise
+        return job.result()
 
     # -- the workers ---------------------------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 from typing import Any
 
@@ -55,9 +54,9 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
     the loaded weights live in bge-icl's process-wide registry, so instances with the same model,
     device, dtype and attention settings (LangChain adapters included) share one copy.
 
-    Sync calls run on the calling thread; async calls run in a worker thread
-    (:func:`asyncio.to_thread`) so the event loop keeps running. Calls on one model are serialized by
-    the model's lock; ``embed_batch_size`` texts (:data:`EMBED_BATCH_SIZE` by default, not LlamaIndex's 10) go to
+    Calls put their rows in the core's queue (sync calls wait, async calls await without blocking the event loop),
+    and concurrent calls on one model share forward passes (:mod:`bge_icl.scheduler`).
+    ``embed_batch_size`` texts (:data:`EMBED_BATCH_SIZE` by default, not LlamaIndex's 10) go to
     each call and the core sorts them by length and splits them into forward passes by ``batch_size`` and
     ``max_batch_tokens``.
 
@@ -112,14 +111,18 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
         mode: OnTruncation | None = "ignore" if _BATCH_CHECKED.get() else None
         return self._embedder.encode_corpus(texts, on_truncation=mode).tolist()
 
+    # Async hooks: rows join the core's scheduler, so concurrent calls (and the chunks of one batch, which LlamaIndex
+    # gathers at once) share forward passes; cancelling the task drops the rows that have not run.
+
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return await asyncio.to_thread(self._get_query_embedding, query)
+        return (await self._embedder.aembed([query], "queries")).vectors[0].tolist()
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return await asyncio.to_thread(self._get_text_embedding, text)
+        return (await self._embedder.aembed([text], "passages")).vectors[0].tolist()
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return await asyncio.to_thread(self._get_text_embeddings, texts)
+        mode: OnTruncation | None = "ignore" if _BATCH_CHECKED.get() else None
+        return (await self._embedder.aembed(texts, "passages", on_truncation=mode)).vectors.tolist()
 
     # -- query-side cache keys ------------------------------------------------------------------
 
@@ -138,7 +141,7 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
         return super(BgeIclEmbedding, self._query_side()).get_query_embedding(as_one_text(query, "query"))
 
     async def aget_query_embedding(self, query: str) -> Embedding:
-        """Async :meth:`get_query_embedding`; the forward pass runs in a worker thread."""
+        """Async :meth:`get_query_embedding`; concurrent queries share forward passes."""
         return await super(BgeIclEmbedding, self._query_side()).aget_query_embedding(as_one_text(query, "query"))
 
     # -- input checks before LlamaIndex's cache lookups and embed_batch_size chunking -------------
@@ -154,7 +157,7 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
         return super().get_text_embedding(as_one_text(text))
 
     async def aget_text_embedding(self, text: str) -> Embedding:
-        """Async :meth:`get_text_embedding`; the forward pass runs in a worker thread."""
+        """Async :meth:`get_text_embedding`; concurrent calls share forward passes."""
         return await super().aget_text_embedding(as_one_text(text))
 
     def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[Embedding]:
@@ -176,10 +179,10 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
     async def aget_text_embedding_batch(
         self, texts: list[str], show_progress: bool = False, **kwargs: Any
     ) -> list[Embedding]:
-        """Async :meth:`get_text_embedding_batch`; the forward passes run in worker threads."""
+        """Async :meth:`get_text_embedding_batch`; the chunks share forward passes, cancelling drops unrun rows."""
         texts = as_text_batch(texts)
         self._embedder.check_truncation(texts, "passages")
-        token = _BATCH_CHECKED.set(True)  # copied into the chunk tasks and their worker threads
+        token = _BATCH_CHECKED.set(True)  # copied into the chunk tasks
         try:
             return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
         finally:

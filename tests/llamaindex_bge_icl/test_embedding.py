@@ -9,6 +9,7 @@ import pickle
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -182,13 +183,23 @@ async def test_async_matches_sync_and_runs_off_the_loop(
     emb = BgeIclEmbedding(**fields, embed_batch_size=4)
     expected_q = emb.get_query_embedding(NOTEBOOK_QUERIES[0])
     expected_batch = emb.get_text_embedding_batch(CORPUS)
-    queries, corpus = _spy(monkeypatch, emb, "encode_queries"), _spy(monkeypatch, emb, "encode_corpus")
-    assert await emb.aget_query_embedding(NOTEBOOK_QUERIES[0]) == expected_q
-    assert await emb.aget_text_embedding(CORPUS[0]) == expected_batch[0]
-    np.testing.assert_allclose(await emb.aget_text_embedding_batch(CORPUS), expected_batch, atol=1e-6)
+    calls: list[tuple[str, int]] = []  # (kind, texts) of each call reaching the core (stage 1, on the loop)
+    prepare = emb.embedder.prepare
+    monkeypatch.setattr(emb.embedder, "prepare", lambda texts, kind, *a: calls.append((kind, len(texts))) or prepare(
+        texts, kind, *a))  # fmt: skip
+    passes: list[int] = []  # the thread of each forward pass
+    hook = emb.embedder.replicas[0].model.embed_tokens.register_forward_pre_hook(
+        lambda module, args: passes.append(threading.get_ident()))
+    try:
+        assert await emb.aget_query_embedding(NOTEBOOK_QUERIES[0]) == expected_q
+        assert await emb.aget_text_embedding(CORPUS[0]) == expected_batch[0]
+        np.testing.assert_allclose(await emb.aget_text_embedding_batch(CORPUS), expected_batch, atol=1e-6)
+    finally:
+        hook.remove()
     loop_thread = threading.get_ident()
-    assert all(thread != loop_thread for _, thread in queries + corpus)
-    assert [n for n, _ in corpus] == [1, 4, 4]  # single text, then batches of embed_batch_size
+    assert passes and all(thread != loop_thread for thread in passes)  # the model never runs on the event loop
+    # One query, one text, then the batch: its truncation check over all 8, and chunks of embed_batch_size.
+    assert calls == [("queries", 1), ("passages", 1), ("passages", 8), ("passages", 4), ("passages", 4)]
 
 
 async def test_concurrent_async_calls_are_queued(emb: BgeIclEmbedding, core: ICLEmbedder) -> None:
@@ -241,3 +252,23 @@ def test_shares_one_model_with_the_langchain_adapter(emb: BgeIclEmbedding, field
     q = NOTEBOOK_QUERIES[0]
     np.testing.assert_allclose(separate.embed_query(q), emb.get_query_embedding(q), atol=1e-6)
     np.testing.assert_allclose(separate.embed_documents([q])[0], emb.get_text_embedding(q), atol=1e-6)
+
+
+async def test_a_cancelled_aget_text_embedding_batch_stops_after_the_running_pass(fields: dict[str, Any]) -> None:
+    emb = BgeIclEmbedding(**{**fields, "batch_size": 1}, embed_batch_size=8)  # one passage a pass
+    passes: list[int] = []
+    model = emb.embedder.replicas[0].model
+    hook = model.embed_tokens.register_forward_pre_hook(lambda m, a: passes.append(0) or time.sleep(0.02))
+    try:
+        task = asyncio.create_task(emb.aget_text_embedding_batch([f"passage {i}" for i in range(48)]))
+        while not passes:
+            await asyncio.sleep(0.002)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)  # time for 10 more passes, had the call gone on
+    finally:
+        hook.remove()
+    assert len(passes) <= 2 and emb.embedder.stats.queued_rows == 0  # the running pass, at most one more
+    np.testing.assert_allclose(await emb.aget_text_embedding("still usable"), emb.get_text_embedding("still usable"),
+                               atol=1e-6)  # fmt: skip
