@@ -43,7 +43,7 @@ from bge_icl.options import (
     positive_int,
 )
 from bge_icl.pooling import embedding_head
-from bge_icl.precision import Precision, check_calibration, check_precision, quantize
+from bge_icl.precision import Precision, apply_precision, check_calibration, check_precision
 from bge_icl.prefix_cache import PrefixCache, attention_window
 from bge_icl.prompt_layout import PromptLayout
 from bge_icl.prompts import ICLExample
@@ -441,7 +441,7 @@ class ICLEmbedder(SentenceTransformersCompat):
     def finish(self, vectors: np.ndarray, precision: Precision, calibration: np.ndarray | None, numpy: bool,
                single: bool) -> Vectors:  # fmt: skip
         """Stage 3: the call's float32 vectors, (N, D) in input order, as the caller asked for them."""
-        out = quantize(vectors, precision, calibration)
+        out = apply_precision(vectors, precision, calibration)  # both checked by _encode, before any work
         result = out if numpy else torch.from_numpy(out)
         return result[0] if single else result
 
@@ -451,7 +451,7 @@ class ICLEmbedder(SentenceTransformersCompat):
         special = self._scheduler.replicas[0].tokenizer.n_special
         if positive_int(name, max_length) <= special:
             msg = f"{name}={max_length} leaves no room for text next to {special} special tokens"
-            raise OptionValueError(msg, option=name, value=max_length)
+            raise OptionValueError(msg, option=name, value=max_length, rule="room")
         return max_length
 
     def _report(self, request: Request, mode: OnTruncation | None) -> None:

@@ -48,12 +48,15 @@ class OptionError(FieldsPickle, Exception):
     Attributes:
         option: The option's name as the core spells it (``"query_max_length"``, ``"devices"``, ``"precision"``).
         value: The value given (None for an unknown name).
+        rule: Which rule the value broke, where one option has several: ``"positive"`` (not a positive int),
+            ``"room"`` (a length limit that leaves no room for text); None otherwise.
     """
 
-    def __init__(self, message: str, *, option: str, value: Any = None) -> None:
+    def __init__(self, message: str, *, option: str, value: Any = None, rule: str | None = None) -> None:
         super().__init__(message)
         self.option = option
         self.value = value
+        self.rule = rule
 
 
 class OptionTypeError(OptionError, TypeError):

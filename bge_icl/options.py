@@ -42,9 +42,9 @@ from bge_icl.prompts import (
     validate_examples,
     validate_template,
 )
+from bge_icl.quickstart import DEFAULT_MODEL
 from bge_icl.truncation import OnTruncation, check_mode
 
-DEFAULT_MODEL = "BAAI/bge-en-icl"
 MODEL_ALIASES = ("model_name", "model_name_or_path", "model")
 """The names the model option answers to: LangChain/LlamaIndex/Hugging Face (``model_name``), FlagEmbedding
 (``model_name_or_path``) and ``HuggingFaceEmbeddings(model=...)``."""
@@ -106,7 +106,7 @@ def positive_int(name: str, value: Any) -> int:
     index = _index(value)
     if index is None or index <= 0:
         msg = f"{name} must be a positive int, got {value!r}"
-        raise OptionValueError(msg, option=name, value=value)
+        raise OptionValueError(msg, option=name, value=value, rule="positive")
     return index
 
 

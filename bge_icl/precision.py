@@ -116,6 +116,21 @@ def check_calibration(
             f"calibration_ranges); got {ranges.shape}"
         )
         raise OptionValueError(msg, option="calibration", value=None)
+    return check_ranges(ranges)
+
+
+def check_ranges(calibration: object) -> np.ndarray:
+    """``calibration`` as float32 ranges of shape (2, D), finite, min <= max in every dimension: the one check of a
+    calibration's content (:func:`check_calibration` adds the precision and the model's width; the command line
+    runs it on a file before the model loads).
+
+    Raises:
+        OptionValueError: Not of shape (2, D), nan or inf, or min > max (``.option == "calibration"``).
+    """
+    ranges = np.asarray(calibration, dtype=np.float32)
+    if ranges.ndim != 2 or ranges.shape[0] != 2:
+        msg = f"calibration must have shape (2, dimension) (per-dimension min and max); got {ranges.shape}"
+        raise OptionValueError(msg, option="calibration", value=None)
     not_finite = np.flatnonzero(~np.isfinite(ranges).all(axis=0))
     if not_finite.size:
         msg = (
@@ -159,7 +174,13 @@ def quantize(vectors: np.ndarray, precision: Precision, calibration: np.ndarray 
         array([[160], [160]], dtype=uint8)
     """
     rows, dimension = vectors.shape
-    ranges = check_calibration(check_precision(precision), calibration, dimension, rows)
+    return apply_precision(vectors, precision, check_calibration(check_precision(precision), calibration, dimension,
+                                                                 rows))  # fmt: skip
+
+
+def apply_precision(vectors: np.ndarray, precision: Precision, ranges: np.ndarray | None) -> np.ndarray:
+    """:func:`quantize` with arguments already checked (:func:`check_precision`, :func:`check_calibration`)."""
+    rows, dimension = vectors.shape
     if precision == "float32":
         return vectors
     quantize_embeddings = _quantize_embeddings()  # the extra is needed for an empty call too, as for any other

@@ -50,7 +50,7 @@ def query_plan(tokenizer: PromptTokenizer, prefix: str, suffix: str, max_length:
             f"{name}={max_length} leaves no room for the query: BOS, the suffix "
             f"{suffix!r} and EOS take {max_length - plan.query_budget} tokens"
         )
-        raise OptionValueError(msg, option=name, value=max_length)
+        raise OptionValueError(msg, option=name, value=max_length, rule="room")
     return plan
 
 

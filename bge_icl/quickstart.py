@@ -1,4 +1,4 @@
-"""The model card's example data: two web-search examples, two queries, two passages.
+"""The model card's model and example data: its hub id, two web-search examples, two queries, two passages.
 
 ``bge-icl demo`` (bge_icl_cli/cli.py) embeds them and prints the 2x2 similarity matrix; tests use them as the seed
 notebook's inputs.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.resources
 import json
 
+DEFAULT_MODEL = "BAAI/bge-en-icl"
+"""The model bge-icl embeds with: the ``model_name`` option's default, ``bge-icl --model``'s, MTEB's name for it."""
 # The model card's two web-search examples, shipped as the bundled example set "web-search".
 EXAMPLES: list[dict[str, str]] = json.loads(
     importlib.resources.files("bge_icl").joinpath("data", "examples", "web-search.json").read_text(encoding="utf-8")

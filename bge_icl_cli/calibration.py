@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bge_icl.kinds import Kind
 from bge_icl_cli.errors import CliError
 
 if TYPE_CHECKING:
@@ -37,11 +38,6 @@ class CalibrationPlan:
     ranges: Any = None
 
 
-def _dims(indices: Any) -> str:
-    shown = ", ".join(str(int(i)) for i in indices[:3])
-    return f"[{shown}{', ...' if len(indices) > 3 else ''}]"
-
-
 def read_ranges(path: Path) -> np.ndarray:
     """The ranges in calibration file ``path``: a float (2, D) array, finite, min <= max in every dimension.
 
@@ -61,20 +57,16 @@ def read_ranges(path: Path) -> np.ndarray:
         got = f"{ranges.dtype} {ranges.shape}" if isinstance(ranges, np.ndarray) else type(ranges).__name__
         msg = f"{path}: a calibration is a float array of shape (2, dimension) (per-dimension min and max); got {got}"
         raise CliError(msg)
-    not_finite = np.flatnonzero(~np.isfinite(ranges).all(axis=0))
-    if not_finite.size:
-        raise CliError(f"{path}: the calibration holds nan or inf in dimension(s) {_dims(not_finite)}")
-    reversed_ = np.flatnonzero(ranges[0] > ranges[1])
-    if reversed_.size:
-        msg = (
-            f"{path}: the calibration has min > max in dimension(s) {_dims(reversed_)} (row 0 is the minimum, row 1 "
-            "the maximum)"
-        )
-        raise CliError(msg)
-    return ranges.astype(np.float32, copy=False)
+    from bge_icl.errors import OptionValueError
+    from bge_icl.precision import check_ranges
+
+    try:
+        return check_ranges(ranges)
+    except OptionValueError as e:
+        raise CliError(f"{path}: {e}") from e
 
 
-def plan_calibration(precision: str, calibration: str | None, rows: int, kind: str) -> CalibrationPlan:
+def plan_calibration(precision: str, calibration: str | None, rows: int, kind: Kind) -> CalibrationPlan:
     """Check ``--precision`` / ``--calibration`` for ``rows`` texts of ``kind``, before the model loads.
 
     Raises:
@@ -101,7 +93,7 @@ def plan_calibration(precision: str, calibration: str | None, rows: int, kind: s
                 f"(bge-icl embed CORPUS --precision {precision} --calibration FILE)"
             )
             raise CliError(msg)
-        if kind == "query":
+        if kind == "queries":
             print(f"bge-icl: warning: {precision} codes calibrated on these queries alone are not comparable with a "
                   "corpus calibrated apart; pass the corpus run's --calibration FILE", file=sys.stderr)  # fmt: skip
         return CalibrationPlan(precision)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from bge_icl.kinds import kind_of
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION
 from bge_icl_cli.calibration import check_width, plan_calibration, quantize_run
 from bge_icl_cli.common import (
@@ -193,8 +194,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     output = check_output(args.output)
     texts, ids = read_texts(args.input, args.field, args.format)
     examples = load_examples(args.examples, args.instruction)
-    calibration = plan_calibration(args.precision, args.calibration, len(texts), args.kind)
-    limit_name = "query_max_length" if args.kind == "query" else "passage_max_length"
+    kind = kind_of(args.kind)  # the command line's --kind query|corpus, in the core's words
+    calibration = plan_calibration(args.precision, args.calibration, len(texts), kind)
+    limit_name = "query_max_length" if kind == "queries" else "passage_max_length"
     limit = {} if args.max_length is None else {limit_name: args.max_length}
     emb = load_embedder(
         args,
@@ -205,7 +207,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         **limit,
     )
     check_width(calibration, emb.dimension)
-    encode = emb.encode_queries if args.kind == "query" else emb.encode_corpus
+    encode = emb.encode_queries if kind == "queries" else emb.encode_corpus
     vectors = quantize_run(calibration, _encode_reporting_truncation(encode, texts, args.flags, ids))
     write_vectors(output, ids, vectors)
     print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} {args.kind} vectors ({args.precision}) to {output}")

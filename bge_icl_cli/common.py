@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample, validate_examples
+from bge_icl.quickstart import DEFAULT_MODEL
 from bge_icl_cli.diagnostics import one_line, option_words
 from bge_icl_cli.errors import EXIT_MODEL, CliError
 from bge_icl_cli.files import read_json
@@ -23,7 +24,6 @@ from bge_icl_cli.files import read_json
 if TYPE_CHECKING:
     from bge_icl.encoder import ICLEmbedder
 
-DEFAULT_MODEL = "BAAI/bge-en-icl"
 DEFAULT_BATCH_SIZE = 32
 
 

@@ -46,7 +46,6 @@ EMBED_FLAGS: dict[str, str] = {
     "precision": "--precision",
     "calibration": "--calibration",
 }
-COUNTS = ("batch_size", "query_max_length", "passage_max_length", "max_length")
 
 
 def one_line(text: str) -> str:
@@ -54,24 +53,20 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def option_words(error: OptionError, flags: Flags) -> str:
     """The command line's words for a core option error: the flag a user typed and its value.
 
     Example:
         >>> from bge_icl.errors import OptionValueError
-        >>> option_words(OptionValueError("...", option="batch_size", value=0), FLAGS)
+        >>> option_words(OptionValueError("...", option="batch_size", value=0, rule="positive"), FLAGS)
         '--batch-size must be a positive int, got 0'
     """
     flag, value = flags.get(error.option), error.value
     if flag is None:  # an option this subcommand does not set: the core's own words
         return one_line(str(error))
-    if error.option in COUNTS:
-        if not _positive_int(value):
-            return f"{flag} must be a positive int, got {value}"
+    if error.rule == "positive":
+        return f"{flag} must be a positive int, got {value}"
+    if error.rule == "room":
         room = "the query" if error.option == "query_max_length" else "text next to the special tokens"
         return f"{flag}={value} leaves no room for {room} (BOS, EOS and the query suffix count); raise it"
     if error.option == "dtype":

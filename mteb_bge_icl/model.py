@@ -22,13 +22,14 @@ from mteb.types import PromptType
 from bge_icl.encoder import ICLEmbedder
 from bge_icl.errors import in_context
 from bge_icl.prompts import validate_examples
+from bge_icl.quickstart import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
     from mteb.models.model_meta import ModelMeta
     from torch.utils.data import DataLoader
 
-REGISTERED = "BAAI/bge-en-icl"
+REGISTERED = DEFAULT_MODEL  # the name bge-en-icl has in MTEB's model registry
 TASK_KEYS = ("instruction", "examples")
 TaskPrompts = Mapping[str, Mapping[str, Any]]
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from bge_icl.encoder import ICLEmbedder
+from bge_icl.kinds import kind_of
 from bge_icl.options import EmbedderOptions
 
 try:
@@ -25,7 +26,6 @@ except ImportError as e:  # pragma: no cover - exercised only without ray
     msg = "ray_bge_icl needs Ray Data; install it with: pip install 'bge-icl[ray]'"
     raise ImportError(msg) from e
 
-KINDS = ("corpus", "query")
 
 
 class _EmbedBatch:
@@ -34,7 +34,7 @@ class _EmbedBatch:
     def __init__(self, column: str, kind: str, output_column: str, embedder_options: dict[str, Any]) -> None:
         self.column, self.output_column = column, output_column
         self.embedder = ICLEmbedder.from_options(EmbedderOptions(**{"show_progress": False, **embedder_options}))
-        self.encode = self.embedder.encode_queries if kind == "query" else self.embedder.encode_corpus
+        self.encode = self.embedder.encode_queries if kind_of(kind) == "queries" else self.embedder.encode_corpus
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = batch[self.column].tolist()
@@ -57,7 +57,8 @@ def embed_dataset(
     Args:
         ds: The dataset; other columns are kept.
         column: The text column.
-        kind: ``"corpus"`` (passages as they are) or ``"query"`` (few-shot prefix and instruction).
+        kind: ``"corpus"`` (passages as they are) or ``"query"`` (few-shot prefix and instruction); the core's
+            other spellings (``"passages"``, ``"queries"``, ``"document"``) work too (:func:`bge_icl.kinds.kind_of`).
         output_column: Name of the new column, float32 vectors of the model's hidden size.
         concurrency: Number of actors, each holding one model.
         num_gpus: GPUs per actor (0 for CPU actors).
@@ -72,9 +73,7 @@ def embed_dataset(
         ValueError: Unknown ``kind``, a missing column, or a bad option value.
         TypeError: An unknown option (the message lists the valid ones).
     """
-    if kind not in KINDS:
-        msg = f"kind={kind!r} is not supported; valid: {KINDS}"
-        raise ValueError(msg)
+    kind_of(kind)  # "corpus" / "passage(s)" / "document(s)" or "query" / "queries"; anything else raises here
     EmbedderOptions(**embedder_options)  # unknown names and bad values fail here, not in every actor
     names = ds.schema().names
     if column not in names:

@@ -53,13 +53,13 @@ def test_evaluate_names_its_own_length_flags(capsys: pytest.CaptureFixture[str],
 
 def test_words_come_from_the_fields_not_the_message() -> None:
     # The messages here are nonsense: only the fields can have made the words.
-    assert option_words(OptionValueError("zzz", option="passage_max_length", value=0), FLAGS) == (
+    # The rule broken is a field too (a positive value can break another rule of the same option).
+    assert option_words(OptionValueError("zzz", option="passage_max_length", value=0, rule="positive"), FLAGS) == (
         "--passage-max-length must be a positive int, got 0"
     )
-    assert option_words(OptionValueError("zzz", option="passage_max_length", value=0), EMBED_FLAGS) == (
-        "--max-length must be a positive int, got 0"
-    )
-    assert option_words(OptionValueError("zzz", option="query_max_length", value=5), FLAGS).startswith(
+    assert option_words(OptionValueError("zzz", option="passage_max_length", value=0, rule="positive"),
+                        EMBED_FLAGS) == "--max-length must be a positive int, got 0"  # fmt: skip
+    assert option_words(OptionValueError("zzz", option="query_max_length", value=5, rule="room"), FLAGS).startswith(
         "--query-max-length=5 leaves no room for the query"
     )
     # An option the subcommand does not set keeps the core's words (one line).

@@ -142,10 +142,10 @@ def _spoiled(tmp_path: Path, spoil: str) -> Path:
         (["--precision", "int8", "--calibration", "{tmp}/no/such/ranges.npy"],
          "--calibration {tmp}/no/such/ranges.npy: folder {tmp}/no/such does not exist"),
         (["--precision", "int8", "--calibration", "{bad}"], "{bad}: not a calibration .npy file"),
-        (["--precision", "int8", "--calibration", "{nan}"],
-         "{nan}: the calibration holds nan or inf in dimension(s) [3]"),
+        (["--precision", "int8", "--calibration", "{nan}"],  # the core's one check of a calibration, file named
+         "{nan}: calibration must be finite; dimension(s) [3] hold nan or inf (recompute it with calibration_ranges)"),
         (["--precision", "int8", "--calibration", "{reversed}"],
-         "{reversed}: the calibration has min > max in dimension(s) [0, 1, 2, ...] (row 0 is the minimum, row 1 "
+         "{reversed}: calibration has min > max in dimension(s) [0, 1, 2, ...] (row 0 holds the minimum, row 1 "
          "the maximum)"),
         (["--precision", "uint8", "--calibration", "{one-row}"],
          "{one-row}: a calibration is a float array of shape (2, dimension) (per-dimension min and max); got "

@@ -55,7 +55,8 @@ def test_bad_arguments_fail_on_the_driver(local_ray: None, tiny_dir: Path) -> No
     ds = ray.data.from_items([{"body": "x"}])
     with pytest.raises(ValueError, match=re.escape("column='text' is not in the dataset; its columns are ['body']")):
         embed_dataset(ds, model_name_or_path=str(tiny_dir), num_gpus=0)
-    with pytest.raises(ValueError, match=re.escape("kind='passage' is not supported; valid: ('corpus', 'query')")):
-        embed_dataset(ds, column="body", kind="passage", num_gpus=0)
+    valid = "valid: ('queries', 'query', 'passages', 'passage', 'corpus', 'document', 'documents')"
+    with pytest.raises(ValueError, match=re.escape(f"kind='docs' is not supported; {valid}")):  # bge_icl.kinds
+        embed_dataset(ds, column="body", kind="docs", num_gpus=0)
     with pytest.raises(TypeError, match=re.escape("unknown option 'device' (did you mean devices?); valid options:")):
         embed_dataset(ds, column="body", device="cpu", num_gpus=0)
