@@ -405,6 +405,20 @@ class Scheduler:
                 finished.append(job)
         return finished
 
+    def _abort(self, replica: int, error: BaseException) -> bool:
+        """The worker of ``replica`` stopped on an unexpected error: every queued call fails with it (True if any)."""
+        with self._cond:
+            self._workers[replica] = None
+            failed = list(self._jobs)
+            for job in failed:
+                job.error = error
+                job.pending.clear()
+                self._count(job, None, 0, 0, -job.left)
+            self._jobs.clear()
+        for job in failed:
+            job._finish()
+        return bool(failed)
+
     def _failed(self, step: _Pass, error: BaseException, loaded: LoadedModel) -> list[Job]:
         """Handle a pass that raised; call under the lock. Returns the jobs that have now failed."""
         live = [(job, rows) for job, rows in step.entries if not (job.cancelled or job.done.is_set())]
@@ -446,6 +460,15 @@ def _work(ref: weakref.ReferenceType[Scheduler], cond: threading.Condition, repl
     While it waits it holds only a weak reference to its scheduler, so the weights can be freed once no embedder
     uses them.
     """
+    try:
+        _serve(ref, cond, replica)
+    except BaseException as error:  # a bug here must not leave callers waiting forever: their calls fail with it
+        scheduler = ref()
+        if scheduler is None or not scheduler._abort(replica, error):
+            raise  # no call to tell: the thread's own report
+
+
+def _serve(ref: weakref.ReferenceType[Scheduler], cond: threading.Condition, replica: int) -> None:
     idle_since = time.perf_counter()
     while True:
         with cond:

@@ -13,7 +13,7 @@ Nothing here imports sentence-transformers: the model is read through its public
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ import torch
 from bge_icl.loading import ATTENTION_IMPLEMENTATIONS, adopt_model
 from bge_icl.options import MODEL_ALIASES
 from bge_icl.precision import Precision
+
+if TYPE_CHECKING:
+    from bge_icl.encoder import ICLEmbedder
 
 # Options that the SentenceTransformer decides (its weights, where and how they are loaded).
 FROM_THE_MODEL = (*MODEL_ALIASES, "devices", "dtype", "attn_implementation", "use_fp16", "use_bf16",
@@ -37,10 +40,6 @@ _REFUSED = {
     "truncate_dim": "it changes the vectors, so it is fixed at construction: use with_options(truncate_dim=...)",
     "device": "the device is fixed when the model is loaded: build the embedder with devices=...",
 }
-
-
-def _me(obj: object) -> Any:
-    return obj  # the mixin's methods run on an ICLEmbedder (not imported here: it imports this module)
 
 
 def pooling_mode(module: Any) -> str:
@@ -119,7 +118,7 @@ class SentenceTransformersCompat:
             )
             raise ValueError(msg)
         loaded = adopt_model(auto, tokenizer, attn)
-        build: Any = cls
+        build = cast("type[ICLEmbedder]", cls)  # this mixin's class is ICLEmbedder (or a subclass)
         return build(loaded.source, devices=str(loaded.device), dtype=loaded.dtype, attn_implementation=attn, **options)
 
     def encode_query(self, inputs: str | Iterable[str], **kwargs: Any) -> Any:
@@ -154,7 +153,7 @@ class SentenceTransformersCompat:
         if rest:
             msg = f"unknown argument(s) {sorted(rest)}; valid: {list(ST_ARGUMENTS)}"
             raise TypeError(msg)
-        me = _me(self)
+        me = cast("ICLEmbedder", self)  # typed: mypy checks every call below
         if normalize_embeddings is not None and bool(normalize_embeddings) != me.options.normalize_embeddings:
             msg = (
                 f"normalize_embeddings={normalize_embeddings} differs from this embedder's option "

@@ -235,3 +235,11 @@ def test_workers_leave_when_idle_and_come_back(monkeypatch: pytest.MonkeyPatch, 
         assert time.monotonic() < deadline, "the idle worker did not leave"
         time.sleep(0.01)
     _check(scheduler.submit(_job(_lane(model), [2], [2])), [2])
+
+
+def test_an_unexpected_error_in_the_worker_fails_the_waiting_calls(model: FakeModel) -> None:
+    scheduler = Scheduler([_loaded()])
+    broken = Lane(("whole",), 0, lambda longest, skip: 1 // 0, model.forward)  # the cost model itself fails
+    with pytest.raises(ZeroDivisionError):
+        scheduler.submit(_job(broken, [1], [2])).result()
+    _check(scheduler.submit(_job(_lane(model), [2], [2])), [2])  # a new worker serves the next call
