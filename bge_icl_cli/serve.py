@@ -1,0 +1,178 @@
+"""``bge-icl serve``: an OpenAI-compatible embeddings server (:mod:`bge_icl_server`, extra ``bge-icl[serve]``).
+
+One process: FastAPI on uvicorn, the core's batching behind it. It binds 127.0.0.1 unless ``--host`` says
+otherwise. SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0. Exit codes as for
+every subcommand: 1 bad flags, a port in use or a missing extra; 2 the model cannot be loaded.
+
+The parser imports neither the server nor torch (``bge-icl --help`` answers at once); the command imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bge_icl_cli.common import EXIT_MODEL, EXIT_OK, CliError, _devices, cli_words, model_options, require
+
+if TYPE_CHECKING:
+    from bge_icl_server import EmbeddingService, ExampleSet
+
+API_KEY_ENV = "BGE_ICL_API_KEY"
+# Batching and length options of the core (EmbedderOptions), spelled out so that --help does not import torch;
+# a test checks that each is an option of the core with this meaning. None = the core's default.
+BATCHING_FLAGS = {
+    "batch_size": "most texts per forward pass (default: 32 on CPU; on GPU the token budget decides)",
+    "max_batch_tokens": "most padded tokens per forward pass (default: 65,536 on GPU, 16,384 on CPU)",
+    "query_max_length": "token limit of a query, the examples not counted (default 512)",
+    "passage_max_length": "token limit of a passage (default 512)",
+}
+# The server's limits: ServerConfig's fields and defaults (a test checks them against bge_icl_server.config).
+LIMIT_FLAGS = {
+    "max_inputs": (2048, "most texts per request; more is a 413"),
+    "max_request_bytes": (16 * 2**20, "largest request body in bytes; larger is a 413"),
+    "max_queue_rows": (8192, "most texts of requests in flight; past it a request gets 503 with Retry-After"),
+}
+
+
+def add_serve_parser(sub: Any) -> None:
+    """Register ``bge-icl serve`` on ``bge-icl``'s subcommands."""
+    description = ("POST /v1/embeddings (OpenAI + NVIDIA NIM fields), GET /v1/models, /health, /metrics. "
+                   "Each --examples set is a model id; the served name runs zero-shot.")
+    p = sub.add_parser("serve", help="an OpenAI-compatible embeddings server (needs bge-icl[serve])",
+                       description=description)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = a free one, printed at start)")
+    p.add_argument("--examples", action="append", default=[], metavar="NAME=FILE|BUILTIN",
+                   help="serve an example set as model id NAME: a JSON file or a bundled set (web-search); "
+                        "repeatable; a bundled name alone is served under its own name")  # fmt: skip
+    p.add_argument("--instruction", default=None,
+                   help="task instruction of the served name's queries and of file example sets (a bundled set "
+                        "brings its own); default none")  # fmt: skip
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV})")
+    p.add_argument("--served-name", default=None,
+                   help="model id of zero-shot queries (default: the checkpoint's directory name, or the hub id)")
+    for name, (default, doc) in LIMIT_FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=f"{doc} (default {default:,})")
+    for name, doc in BATCHING_FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=doc)
+    model_options(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def example_sets(specs: list[str], instruction: str | None) -> dict[str, ExampleSet]:
+    """``--examples`` values (``NAME=FILE|BUILTIN``, or a bundled set's name alone) as example sets by model id."""
+    from bge_icl_server.config import load_example_set
+
+    sets: dict[str, ExampleSet] = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not sep:
+            name, source = Path(spec).stem, spec
+        if not name.strip() or not source:
+            raise CliError(f"--examples {spec!r}: expected NAME=FILE or NAME=BUILTIN (e.g. search=web-search)")
+        if name in sets:
+            raise CliError(f"--examples: the model id {name!r} is given twice")
+        try:
+            sets[name] = load_example_set(source, instruction)
+        except ValueError as e:
+            raise CliError(f"--examples {spec}: {e}") from e
+    return sets
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM or Ctrl-C (then finish the requests in flight, exit 0)."""
+    for module in ("fastapi", "uvicorn", "prometheus_client"):
+        require(module, "bge-icl serve", "serve")
+    from bge_icl_server.config import ServerConfig
+
+    options: dict[str, Any] = {"devices": _devices(args.devices), "dtype": args.dtype}
+    options.update({name: getattr(args, name) for name in BATCHING_FLAGS if getattr(args, name) is not None})
+    try:
+        config = ServerConfig(
+            model=args.model,
+            served_name=args.served_name or "",
+            example_sets=example_sets(args.examples, args.instruction),
+            instruction=args.instruction,
+            api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+            options=options,
+            **{name: getattr(args, name) for name in LIMIT_FLAGS},
+        )
+    except (TypeError, ValueError) as e:
+        raise CliError(cli_words(_one_line(e))) from e
+    return _run(config, args.host, args.port, args.quiet)
+
+
+def _one_line(error: Exception) -> str:
+    errors = getattr(error, "errors", None)  # pydantic: each error's message, without its frame
+    if not errors:
+        return " ".join(str(error).split())
+    words = []
+    for x in errors():
+        field = str(x["loc"][0]) if x["loc"] else ""
+        where = f"--{field.replace('_', '-')}: " if field in LIMIT_FLAGS or field in ("served_name", "api_key") else ""
+        words.append(where + str(x["msg"]).removeprefix("Value error, "))
+    return "; ".join(words)
+
+
+def _run(config: Any, host: str, port: int, quiet: bool) -> int:
+    import uvicorn
+
+    from bge_icl_server.app import create_app
+    from bge_icl_server.background import listen, url_of
+
+    try:
+        sock = listen(host, port)
+    except OSError as e:
+        raise CliError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    app = create_app(config)
+    service: EmbeddingService = app.state.service
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    print(f"bge-icl: listening on {url_of(sock)} (model ids: {', '.join(config.model_ids)}); loading "
+          f"{config.model}; GET /health answers 200 once ready", file=sys.stderr, flush=True)  # fmt: skip
+    with _signals_end_the_server():
+        asyncio.run(_serve(server, service, sock))
+    if service.state == "failed":
+        error = service.error
+        text = cli_words(" ".join(str(error).split()))
+        if isinstance(error, OSError):
+            raise CliError(f"{text} Or pass --model PATH to a local checkpoint directory.", EXIT_MODEL)
+        raise CliError(text)
+    return EXIT_OK
+
+
+async def _serve(server: Any, service: EmbeddingService, sock: Any) -> None:
+    async def stop_if_the_model_fails() -> None:
+        while service.state in ("new", "loading"):
+            await asyncio.sleep(0.1)
+        if service.state == "failed":
+            server.should_exit = True
+
+    watcher = asyncio.create_task(stop_if_the_model_fails())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        watcher.cancel()
+
+
+@contextmanager
+def _signals_end_the_server() -> Iterator[None]:
+    """While uvicorn serves, SIGTERM and SIGINT are its (stop accepting, finish in flight); it raises the signal
+    again once done, which these no-op handlers absorb, so that the command exits 0."""
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
