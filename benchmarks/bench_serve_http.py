@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,8 @@ def workload(n: int = 256, seed: int = 0, served: str = SERVED) -> list[Call]:
 
 
 async def run_load(api_url: str, calls: Sequence[Call], concurrency: int = 32, api_key: str = "unused",
-                   timeout: float = 300.0, texts_of: Any = None) -> LoadResult:  # fmt: skip
+                   timeout: float = 300.0, texts_of: Any = None, max_retries: int = 0,
+                   statuses: Counter[int] | None = None) -> LoadResult:  # fmt: skip
     """Send ``calls`` from ``concurrency`` clients, each its share in turn; no retries.
 
     Args:
@@ -102,13 +104,22 @@ async def run_load(api_url: str, calls: Sequence[Call], concurrency: int = 32, a
         api_key: Sent as the bearer key.
         timeout: Seconds per request.
         texts_of: ``Call -> (model, texts, extra_body)`` to send instead (infinity: prompt text, no input_type).
+        max_retries: The ``openai`` client's own retries (0: a failed request counts as failed).
+        statuses: Counts every HTTP status the clients receive, retried attempts included.
     """
+    import httpx
     import openai
 
     result = LoadResult()
 
     async def client_loop(k: int) -> None:
-        client = openai.AsyncOpenAI(base_url=api_url, api_key=api_key, max_retries=0, timeout=timeout)
+        async def count(response: httpx.Response) -> None:
+            if statuses is not None:
+                statuses[response.status_code] += 1
+
+        http = httpx.AsyncClient(event_hooks={"response": [count]}, timeout=timeout)
+        client = openai.AsyncOpenAI(base_url=api_url, api_key=api_key, max_retries=max_retries, timeout=timeout,
+                                    http_client=http)  # fmt: skip
         try:
             for i in range(k, len(calls), concurrency):
                 call = calls[i]

@@ -64,6 +64,11 @@ def add_serve_parser(sub: Any) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=f"{doc} (default {default:,})")
     for name, doc in BATCHING_FLAGS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=doc)
+    p.add_argument("--ray", action="store_true",
+                   help="serve as a Ray Serve application (needs bge-icl[ray]): the cluster at $RAY_ADDRESS, else a "
+                        "local one; Ray's proxy listens on --host/--port")  # fmt: skip
+    p.add_argument("--replicas", type=int, default=1,
+                   help="with --ray: replicas, each one model (one GPU each where the cluster has GPUs); default 1")
     model_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -108,6 +113,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     except (TypeError, ValueError) as e:
         raise CliError(cli_words(_one_line(e))) from e
+    if args.ray:
+        return _run_ray(config, args.host, args.port, args.replicas)
+    if args.replicas != 1:
+        raise CliError("--replicas needs --ray (one process serves one model; see --devices for several GPUs)")
     return _run(config, args.host, args.port, args.quiet)
 
 
@@ -163,6 +172,53 @@ async def _serve(server: Any, service: EmbeddingService, sock: Any) -> None:
         await server.serve(sockets=[sock])
     finally:
         watcher.cancel()
+
+
+def _run_ray(config: Any, host: str, port: int, replicas: int) -> int:
+    """``--ray``: deploy on Ray Serve, wait for SIGTERM or Ctrl-C, then take the application down (and the local
+    Ray this command started)."""
+    require("ray.serve", "bge-icl serve --ray", "ray")
+    if replicas <= 0:
+        raise CliError(f"--replicas must be positive, got {replicas}")
+    import threading
+
+    import ray
+    from ray import serve
+
+    from bge_icl_server.background import listen
+    from ray_bge_icl.serve import application
+
+    if port == 0:  # Ray's proxy binds the port itself: pick a free one
+        with listen(host, 0) as probe:
+            port = probe.getsockname()[1]
+    stop = threading.Event()
+    local = not os.environ.get("RAY_ADDRESS")
+    ray.init(address=None if local else os.environ["RAY_ADDRESS"], include_dashboard=False, log_to_driver=False)
+    # After ray.init, which installs its own SIGTERM handler (it aborts the process).
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        shown = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        print(f"bge-icl: listening on {shown} (model ids: {', '.join(config.model_ids)}); deploying {replicas} "
+              f"replica(s) of {config.model} on Ray; GET /health answers 200 once ready", file=sys.stderr,
+              flush=True)  # fmt: skip
+        try:
+            serve.run(application(config, num_replicas=replicas), name="bge-icl", route_prefix="/")
+        except RuntimeError as e:
+            raise CliError(f"the Ray Serve application did not start: {' '.join(str(e).split())}", EXIT_MODEL) from e
+        print(f"bge-icl: ready: {replicas} replica(s) on Ray", file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        if ray.is_initialized():
+            if local:
+                serve.shutdown()
+                ray.shutdown()
+            else:
+                serve.delete("bge-icl")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EXIT_OK
 
 
 @contextmanager

@@ -82,13 +82,21 @@ def serve_until_ready(argv: list[str], cwd: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "bge_icl_cli", *without_port, "--port", "0"], cwd=cwd, env=env,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        first = proc.stderr.readline()  # type: ignore[union-attr]
-        match = re.match(r"bge-icl: listening on (http://\S+) ", first)
-        assert match, first + proc.stderr.read()  # type: ignore[union-attr]
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{match.group(1)}/health").status_code != 200:
+        seen = []  # with --ray, Ray's own start-up lines come first
+        while not (match := re.match(r"bge-icl: listening on (http://\S+) ", seen[-1] if seen else "")):
+            seen.append(proc.stderr.readline())  # type: ignore[union-attr]
+            assert seen[-1] and len(seen) < 200, "".join(seen)
+        deadline = time.monotonic() + 240
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{match.group(1)}/health", timeout=10).status_code == 200
+            except httpx.HTTPError:  # Ray's proxy may hold or drop requests until the application is deployed
+                return False
+
+        while not ready():
             assert proc.poll() is None and time.monotonic() < deadline, "the documented server did not get ready"
-            time.sleep(0.05)
+            time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:

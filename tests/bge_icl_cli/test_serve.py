@@ -139,11 +139,21 @@ def test_usage_errors_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: pytes
         (["--batch-size", "0"], "bge-icl: error: --batch-size must be a positive int, got 0\n"),
         (["--max-inputs", "0"], "bge-icl: error: --max-inputs: Input should be greater than 0\n"),
         (["--dtype", "float8"], "bge-icl: error: --dtype float8 is not supported; valid: 'auto', 'float16', "),
+        (["--replicas", "2"], "bge-icl: error: --replicas needs --ray (one process serves one model; see --devices "
+                              "for several GPUs)\n"),
+        (["--ray", "--replicas", "0"], "bge-icl: error: --replicas must be positive, got 0\n"),
     ]  # fmt: skip
     for argv, message in cases:
         code, err = run(capsys, "serve", "--model", tiny_dir, *CPU, *argv)
         assert (code, err[: len(message)]) == (1, message), err
         assert err.count("\n") == 1
+
+
+def test_ray_mode_without_ray_prints_an_install_hint(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setitem(sys.modules, "ray.serve", None)
+    code, err = run(capsys, "serve", "--ray", "--model", tiny_dir, *CPU)
+    assert (code, err) == (1, "bge-icl: error: bge-icl serve --ray needs ray: pip install 'bge-icl[ray]'\n")
 
 
 def test_a_port_in_use_is_an_error(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
