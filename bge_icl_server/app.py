@@ -44,6 +44,7 @@ T = TypeVar("T")
 RETRY_AFTER_S = "1"
 CLIENT_CLOSED = 499  # nginx's code for "the client closed the connection before the answer"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
 _ROUTES = {"/v1/embeddings": "/v1/embeddings", "/v1/models": "/v1/models"}
 
 
@@ -102,8 +103,9 @@ def create_app(config: ServerConfig, service: EmbeddingService | None = None) ->
     async def embeddings(request: Request) -> Response:
         raw = await _read_body(request, config.max_request_bytes)
         req = parse_request(parse_body(raw), config.max_inputs, config.model_ids)
-        request.state.model, request.state.inputs = req.model, len(req.texts)
+        request.state.inputs = len(req.texts)
         _known(req.model, config)
+        request.state.model = req.model  # a served id: safe to log
         if svc.state == "failed":
             raise ApiError(503, "the model failed to load; see the server's log", type=SERVER, code="not_ready")
         if svc.state != "ready":
@@ -249,7 +251,7 @@ class _Observe:
             self._record(scope, rid, status, time.perf_counter() - start)
 
     def _record(self, scope: Scope, rid: str, status: int, seconds: float) -> None:
-        path: str = scope["path"]
+        path = _UNPRINTABLE.sub("?", scope["path"])[:200]  # the client's words: no control characters in the log
         state: MutableMapping[str, Any] = scope.get("state", {})
         if path.startswith("/v1/"):
             route = _ROUTES.get(path, "/v1/models/{id}" if path.startswith("/v1/models/") else "other")

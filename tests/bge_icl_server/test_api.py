@@ -128,3 +128,9 @@ def test_log_lines_name_the_request_never_its_texts(server: RunningServer, caplo
                             r"error=invalid_request_error", x) for x in lines), lines  # fmt: skip
     assert not any(secret in x or "launch" in x for x in lines)
     assert not any("launch" in r.getMessage() for r in caplog.records)
+    with caplog.at_level(logging.INFO, logger="bge_icl_server"):
+        httpx.post(f"{server.api_url}/embeddings", json={"model": "evil\nrequest forged", "input": "x"})
+        httpx.get(f"{server.url}/v1/models%0Aforged%20line")
+    forged = [r.getMessage() for r in caplog.records if r.name == "bge_icl_server"][-2:]
+    assert "model=- inputs=1 " in forged[0] and "status=404" in forged[0]  # an unknown model id is not logged
+    assert "/v1/models?forged?line" in forged[1] and all("\n" not in x for x in forged)
