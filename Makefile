@@ -4,15 +4,18 @@
 #   make test   - set up .venv (transformers 5.x), .venv-ref (transformers 4.57 + FlagEmbedding 1.4.2) and
 #                 .venv-floor (transformers 4.46, the oldest supported); lint, type-check, run the whole suite on
 #                 5.x, build the docs, then the core suite on 4.57 (with FlagICLModel parity) and on 4.46.
+#   make bench-serve - HTTP load test of `bge-icl serve`, and infinity-emb side by side (in .venv-infinity).
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 REF := .venv-ref
 FLOOR := .venv-floor
+INFINITY := .venv-infinity
+INFINITY_EMB ?= infinity-emb[server,torch]==0.0.78
 PIP_FLAGS := -q --disable-pip-version-check
 MODEL ?= BAAI/bge-en-icl
 
-.PHONY: demo demo-tiny test lint clean bench-cpu bench-prefix bench-gpu-files
+.PHONY: demo demo-tiny test lint clean bench-cpu bench-prefix bench-gpu-files bench-serve
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +53,16 @@ test: $(VENV)/.installed $(REF)/.installed $(FLOOR)/.installed lint
 	$(REF)/bin/python -m pytest -q -p no:cacheprovider tests/bge_icl tests/bge_icl_cli
 	$(FLOOR)/bin/python -m pytest -q -p no:cacheprovider tests/bge_icl tests/bge_icl_cli --ignore=tests/bge_icl/test_parity_flagembedding.py
 
+# infinity-emb, for bench-serve only (never for make test): its own venv, torch pinned first (the CPU build).
+# protobuf and sentencepiece: infinity's transformers needs them to load bge-en-icl's tokenizer.
+$(INFINITY)/.installed:
+	$(PYTHON) -m venv $(INFINITY)
+	$(INFINITY)/bin/pip install $(PIP_FLAGS) "$(TORCH)"
+	$(INFINITY)/bin/pip install $(PIP_FLAGS) "$(INFINITY_EMB)" protobuf sentencepiece
+	touch $@
+
 clean:
-	rm -rf $(VENV) $(REF) $(FLOOR) .cache
+	rm -rf $(VENV) $(REF) $(FLOOR) $(INFINITY) .cache
 
 # Records into benchmarks/results.json and redraws docs/img/benchmarks-cpu.png; update docs/benchmarks.md by hand.
 bench-cpu: $(REF)/.installed $(VENV)/.installed
@@ -61,6 +72,11 @@ bench-cpu: $(REF)/.installed $(VENV)/.installed
 # The shared-prefix path vs the copy path, prefix scaling (2 vs 8 examples), tokenization and peak memory, on CPU.
 bench-prefix: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/bench_prefix.py --repeats 3
+
+# `bge-icl serve` under 256 requests from 32 concurrent clients (every vector checked), then infinity-emb on the same
+# checkpoint and load; figures appended to benchmarks/serve-results.jsonl; update docs/benchmarks.md by hand.
+bench-serve: $(VENV)/.installed $(INFINITY)/.installed
+	$(VENV)/bin/python benchmarks/bench_serve_http.py --record benchmarks/serve-results.jsonl
 
 # Tokenizer files for benchmarks/bench_gpu.py on a GPU machine without mistral-common (carry .cache/bench-tokenizer).
 bench-gpu-files: $(VENV)/.installed

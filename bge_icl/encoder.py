@@ -292,6 +292,15 @@ class ICLEmbedder(SentenceTransformersCompat):
         c = self._layout.caches
         return Stats(c.hits, c.misses, c.builds, *self._scheduler.counters.snapshot())
 
+    def warm_up(self) -> None:
+        """Build the few-shot prefix's key/value cache on every replica now (a server's start-up), not on each
+        replica's first query pass; embeds nothing."""
+        if self._layout.cached_ids is None:
+            return
+        for i, loaded in enumerate(self._scheduler.replicas):
+            with loaded.lock:
+                self._layout.caches.cache_on(i, loaded.model, build_prefix_cache)
+
     def fingerprint(self, kind: Kind) -> str:
         """sha256 of everything that determines a ``kind`` vector (:func:`bge_icl.fingerprint.fingerprint`):
         equal fingerprints, equal vectors."""

@@ -11,10 +11,23 @@ import json
 
 DEFAULT_MODEL = "BAAI/bge-en-icl"
 """The model bge-icl embeds with: the ``model_name`` option's default, ``bge-icl --model``'s, MTEB's name for it."""
+
+
+def bundled_example_sets() -> list[str]:
+    """Names of the example sets shipped with bge-icl (``bge_icl/data/examples/*.json``), e.g. ``web-search``."""
+    folder = importlib.resources.files("bge_icl").joinpath("data", "examples")
+    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def bundled_examples(name: str) -> list[dict[str, str]]:
+    """The examples of the bundled set ``name`` (one of :func:`bundled_example_sets`), as a list of dicts."""
+    path = importlib.resources.files("bge_icl").joinpath("data", "examples", f"{name}.json")
+    data: list[dict[str, str]] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
 # The model card's two web-search examples, shipped as the bundled example set "web-search".
-EXAMPLES: list[dict[str, str]] = json.loads(
-    importlib.resources.files("bge_icl").joinpath("data", "examples", "web-search.json").read_text(encoding="utf-8")
-)
+EXAMPLES: list[dict[str, str]] = bundled_examples("web-search")
 QUERIES = ["how much protein should a female eat", "summit define"]
 DOCUMENTS = [
     "As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 is 46 grams per "

@@ -1,4 +1,4 @@
-"""``bge-icl``: the command line (``bge-icl demo | embed | search | evaluate``, also ``python -m bge_icl_cli``).
+"""``bge-icl``: the command line (``bge-icl demo | embed | search | evaluate | serve``, also ``python -m bge_icl_cli``).
 
 Exit codes: 0 success; 1 bad input or usage (missing file, bad JSON, unknown option or example set, a
 missing optional dependency); 2 the model cannot be loaded; 130 interrupted. Usage and input errors are one
@@ -37,6 +37,7 @@ from bge_icl_cli.diagnostics import EMBED_FLAGS, MODEL_FLAGS, Flags, report_warn
 from bge_icl_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from bge_icl_cli.evaluate import add_evaluate_parser
 from bge_icl_cli.files import check_output, jsonl_records, read_text, split_lines
+from bge_icl_cli.serve import add_serve_parser
 
 if TYPE_CHECKING:
     import numpy as np
@@ -297,7 +298,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``bge-icl`` argument parser."""
     parser = _Parser(prog="bge-icl", description="BAAI/bge-en-icl in-context-learning embeddings.")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,embed,search,evaluate}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{demo,embed,search,evaluate,serve}", required=True)
 
     demo = sub.add_parser("demo", help="the model card's example, then a small corpus through LangChain and LlamaIndex")
     model_options(demo)
@@ -346,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.set_defaults(func=cmd_search, flags=MODEL_FLAGS)
 
     add_evaluate_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

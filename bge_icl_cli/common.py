@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.resources
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample, validate_examples
-from bge_icl.quickstart import DEFAULT_MODEL
+from bge_icl.quickstart import DEFAULT_MODEL, bundled_example_sets, bundled_examples
 from bge_icl_cli.diagnostics import one_line, option_words
 from bge_icl_cli.errors import EXIT_MODEL, CliError
 from bge_icl_cli.files import read_json
@@ -29,12 +28,6 @@ DEFAULT_BATCH_SIZE = 32
 
 def data_file(*parts: str) -> Any:
     return importlib.resources.files("bge_icl").joinpath("data", *parts)
-
-
-def bundled_example_sets() -> list[str]:
-    """Names of the example sets shipped with the package (``bge_icl/data/examples/*.json``)."""
-    folder = data_file("examples")
-    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
 
 
 def load_examples(spec: str | None, default_instruct: str | None = WEB_SEARCH_INSTRUCTION) -> list[ICLExample] | None:
@@ -52,7 +45,7 @@ def load_examples(spec: str | None, default_instruct: str | None = WEB_SEARCH_IN
         source = f"examples file {spec}"
         data = read_json(path, source)
     elif spec in bundled_example_sets():
-        data = json.loads(data_file("examples", f"{spec}.json").read_text(encoding="utf-8"))
+        data = bundled_examples(spec)
         source = f"example set {spec!r}"
     elif spec.endswith(".json") or "/" in spec or path.suffix:
         raise CliError(f"examples file {spec} does not exist")
@@ -66,7 +59,8 @@ def load_examples(spec: str | None, default_instruct: str | None = WEB_SEARCH_IN
         raise CliError(f"{source}: {e}; {hint}") from e
 
 
-def _devices(value: str | None) -> str | int | None:
+def devices_arg(value: str | None) -> str | int | None:
+    """``--devices`` as the ``devices`` option: a GPU index as an int, a name as it is."""
     return int(value) if value is not None and value.isdigit() else value
 
 
@@ -82,7 +76,7 @@ def load_embedder(args: argparse.Namespace, **options: Any) -> ICLEmbedder:
     if args.quiet:
         options["show_progress"] = False  # no loading bar, no encoding bar
     try:
-        return ICLEmbedder(args.model, devices=_devices(args.devices), dtype=args.dtype, **options)
+        return ICLEmbedder(args.model, devices=devices_arg(args.devices), dtype=args.dtype, **options)
     except OptionError as e:
         raise CliError(option_words(e, args.flags)) from e
     except OSError as e:

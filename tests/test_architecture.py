@@ -16,7 +16,8 @@ from bge_icl import EmbedderOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 ABOVE_THE_CORE = ("langchain", "llama_index", "ray", "bge_icl_cli", "langchain_bge_icl", "llamaindex_bge_icl",
-                  "ray_bge_icl", "sentence_transformers", "mteb", "mteb_bge_icl")
+                  "ray_bge_icl", "sentence_transformers", "mteb", "mteb_bge_icl", "bge_icl_server", "fastapi",
+                  "uvicorn", "prometheus_client")
 # An optional library the core may import, lazily, in this one module only (the extra's single entry point):
 # quantize_embeddings, for precision="int8" etc. The SentenceTransformer interop itself imports nothing.
 OPTIONAL_IN_THE_CORE = {"sentence_transformers": "precision.py"}
@@ -66,7 +67,7 @@ def test_the_import_checker_sees_lazy_imports(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "package", ["langchain_bge_icl", "llamaindex_bge_icl", "bge_icl", "bge_icl_cli", "mteb_bge_icl"]
+    "package", ["langchain_bge_icl", "llamaindex_bge_icl", "bge_icl", "bge_icl_cli", "mteb_bge_icl", "bge_icl_server"]
 )
 def test_no_import_cycle_inside_a_package(package: str) -> None:
     modules = {p.stem: p for p in (ROOT / package).glob("*.py") if p.stem != "__init__"}

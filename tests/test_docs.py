@@ -31,6 +31,11 @@ _OPTIONAL = {
     "bge_icl.evaluation": "pytrec_eval",
     "sentence_transformers": "sentence_transformers",
     "bge_icl.precision": "sentence_transformers",
+    "bge_icl_server": "fastapi",
+    "ray_bge_icl.serve": "ray.serve",
+    "openai": "openai",
+    "langchain_nvidia_ai_endpoints": "langchain_nvidia_ai_endpoints",
+    "llama_index.embeddings.nvidia": "llama_index.embeddings.nvidia",
 }
 
 

@@ -4,8 +4,13 @@ the input files it names. The only edit is the model: `--model X` (or no `--mode
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,7 +73,38 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_docs_show_every_subcommand() -> None:
-    assert {argv[0] for _, argv in COMMANDS} >= {"demo", "embed", "search", "evaluate"}
+    assert {argv[0] for _, argv in COMMANDS} >= {"demo", "embed", "search", "evaluate", "serve"}
+
+
+def serve_until_ready(argv: list[str], cwd: Path) -> None:
+    """`bge-icl serve` runs until stopped: start it on a free port, wait for /health 200, SIGTERM, expect exit 0."""
+    httpx = pytest.importorskip("httpx")
+    without_port = [w for i, w in enumerate(argv) if w != "--port" and (i == 0 or argv[i - 1] != "--port")]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bge_icl_cli", *without_port, "--port", "0"], cwd=cwd, env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        seen = []  # with --ray, Ray's own start-up lines come first
+        while not (match := re.match(r"bge-icl: listening on (http://\S+) ", seen[-1] if seen else "")):
+            seen.append(proc.stderr.readline())  # type: ignore[union-attr]
+            assert seen[-1] and len(seen) < 200, "".join(seen)
+        deadline = time.monotonic() + 240
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{match.group(1)}/health", timeout=10).status_code == 200
+            except httpx.HTTPError:  # Ray's proxy may hold or drop requests until the application is deployed
+                return False
+
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, "the documented server did not get ready"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 @pytest.mark.parametrize(("page", "argv"), COMMANDS, ids=[f"{p}:{' '.join(a)[:50]}" for p, a in COMMANDS])
@@ -80,6 +116,10 @@ def test_documented_command_runs(page: str, argv: list[str], workdir: Path, tiny
         pytest.importorskip("langchain_text_splitters")
     if argv[0] == "evaluate":
         pytest.importorskip("pytrec_eval")
+    if argv[0] == "serve":
+        pytest.importorskip("fastapi")
+        serve_until_ready(with_tiny_model(argv, tiny_dir), workdir)
+        return
     assert main(with_tiny_model(argv, tiny_dir)) == 0
     if "-o" in argv:
         assert (workdir / argv[argv.index("-o") + 1]).stat().st_size > 0

@@ -141,7 +141,7 @@ def test_missing_file_and_missing_pytrec_eval(
 
 def test_help_names_evaluate(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--help")
-    assert code == 0 and "{demo,embed,search,evaluate}" in out
+    assert code == 0 and "{demo,embed,search,evaluate,serve}" in out
     code, out, _ = run(capsys, "evaluate", "--help")
     assert code == 0 and "--qrels" in out and "--examples NAME|FILE|none" in out
 

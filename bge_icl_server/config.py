@@ -1,0 +1,180 @@
+"""``ServerConfig``: what one embeddings server serves, as a frozen, typed, picklable object.
+
+A config holds data only (the model, its options, the example sets already read from their files, the limits),
+so it can be built in one process and used in another: ``bge-icl serve`` builds it from its flags, and a Ray
+Serve replica builds the same app from the same config (:mod:`ray_bge_icl.serve`). Validation happens when the
+config is built, before any model is loaded: a bad option, a malformed example set or a clash of model ids is a
+``ValueError`` / ``TypeError`` naming the field and the valid values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bge_icl.options import MODEL_ALIASES, EmbedderOptions
+from bge_icl.prompts import validate_examples
+from bge_icl.quickstart import bundled_example_sets, bundled_examples
+
+DEFAULT_MAX_INPUTS = 2048
+DEFAULT_MAX_REQUEST_BYTES = 16 * 2**20
+DEFAULT_MAX_QUEUE_ROWS = 4 * DEFAULT_MAX_INPUTS
+# Options a config sets through its own fields (the example sets and the instruction are per model id).
+NOT_OPTIONS = ("examples_for_task", "query_instruction_for_retrieval", *MODEL_ALIASES)
+
+
+class ExampleSet(BaseModel):
+    """A few-shot example set, served as one model id.
+
+    Attributes:
+        examples: The examples, each ``{"instruct"?, "query", "response"}``.
+        instruction: The task instruction put before each query (and examples without ``instruct``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    examples: tuple[dict[str, str], ...] = Field(min_length=1)
+    instruction: str | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> ExampleSet:
+        validate_examples(self.examples, self.instruction)  # raises with the example's index and the missing key
+        return self
+
+
+def shared_instruct(examples: Any) -> str | None:
+    """The ``instruct`` every example has, when they all have the same one; else None."""
+    values = {e.get("instruct") for e in examples} if isinstance(examples, list) else set()
+    return next(iter(values)) if len(values) == 1 and all(isinstance(e, dict) for e in examples) else None
+
+
+def load_example_set(spec: str, instruction: str | None = None) -> ExampleSet:
+    """An :class:`ExampleSet` from a bundled set's name or a JSON file (a list of ``{instruct?, query, response}``).
+
+    A bundled set brings its own instruction (``web-search``: the web-search one), as ``bge-icl embed --examples
+    web-search`` does. For a file, ``instruction`` is the task instruction; without one, the ``instruct`` its
+    examples share.
+
+    Raises:
+        ValueError: The file is missing or not JSON, the examples are malformed, or the name is unknown (the message
+            lists the bundled sets).
+    """
+    path = Path(spec).expanduser()
+    if spec in bundled_example_sets() and not path.is_file():
+        data = bundled_examples(spec)
+        return ExampleSet(examples=tuple(data), instruction=shared_instruct(data))
+    if not path.is_file():
+        if path.suffix or os.sep in spec or "/" in spec:
+            msg = f"examples file {spec} does not exist"
+        else:
+            msg = f"unknown example set {spec!r}: bundled sets are {', '.join(bundled_example_sets())}; or a JSON file"
+        raise ValueError(msg)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        msg = f"examples file {spec} is not readable JSON: {e}"
+        raise ValueError(msg) from e
+    try:
+        return ExampleSet(examples=data, instruction=instruction or shared_instruct(data))
+    except ValidationError as e:  # the core's example check raised inside pydantic: its error, with its own words
+        causes = [x.get("ctx", {}).get("error") or x["msg"] for x in e.errors()]
+        reason = "; ".join(str(c) for c in causes)
+        msg = f"examples file {spec}: {reason} (a JSON list of {{instruct?, query, response}} objects)"
+        raise ValueError(msg) from e
+
+
+def default_served_name(model: str) -> str:
+    """The model id a server answers to by default: a local checkpoint's directory name, else the hub id."""
+    path = Path(model).expanduser()
+    return path.resolve().name if path.is_dir() else model
+
+
+class ServerConfig(BaseModel):
+    """What one embeddings server serves; the same object builds the app in ``bge-icl serve`` and in Ray Serve.
+
+    Example:
+        >>> config = ServerConfig(model="BAAI/bge-en-icl", example_sets={"web-search": load_example_set("web-search")},
+        ...                       options={"dtype": "float16"})  # doctest: +SKIP
+        >>> config.model_ids  # doctest: +SKIP
+        ('BAAI/bge-en-icl', 'web-search')
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    model: str = Field(min_length=1)
+    """Hub id or local checkpoint directory."""
+    served_name: str = ""
+    """The model id whose queries run zero-shot (default: the checkpoint's directory name, or the hub id)."""
+    example_sets: dict[str, ExampleSet] = Field(default_factory=dict)
+    """Each example set, by the model id that selects it."""
+    instruction: str | None = None
+    """The task instruction of the served name's (zero-shot) queries; None = the query as it is."""
+    api_key: str | None = Field(default=None, repr=False)
+    """When set, every ``/v1/`` request must send ``Authorization: Bearer <api_key>``."""
+    max_inputs: int = Field(default=DEFAULT_MAX_INPUTS, gt=0)
+    """Most texts in one request (more: 413)."""
+    max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, gt=0)
+    """Largest request body, in bytes (larger: 413)."""
+    max_queue_rows: int = Field(default=DEFAULT_MAX_QUEUE_ROWS, gt=0)
+    """Most texts of requests in flight; a request that would pass it waits outside (503 with ``Retry-After``).
+    A request is always admitted when nothing is in flight."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Other :class:`~bge_icl.options.EmbedderOptions` (``devices``, ``dtype``, ``batch_size``, ...)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and not data.get("served_name") and isinstance(data.get("model"), str):
+            data = {**data, "served_name": default_served_name(data["model"])}
+        return data
+
+    @field_validator("example_sets", mode="before")
+    @classmethod
+    def _sets(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            for name in value:
+                if not isinstance(name, str) or not name.strip() or name != name.strip():
+                    msg = f"example set name {name!r} is not a model id: use a non-empty name without outer spaces"
+                    raise ValueError(msg)
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        fixed = sorted(set(value) & set(NOT_OPTIONS))
+        if fixed:
+            msg = (
+                f"options may not set {fixed}: the model is ServerConfig.model, and the examples and instruction "
+                "belong to each model id (example_sets, instruction)"
+            )
+            raise ValueError(msg)
+        EmbedderOptions.checked(**value)  # unknown names and bad values, with the option's name and the valid ones
+        return value
+
+    @model_validator(mode="after")
+    def _ids(self) -> ServerConfig:
+        if self.served_name in self.example_sets:
+            msg = (
+                f"the served name {self.served_name!r} is also an example set's name; each model id must be "
+                "unique: rename the set or pick another served name"
+            )
+            raise ValueError(msg)
+        return self
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        """Every model id served: the served name first (zero-shot queries), then the example sets."""
+        return (self.served_name, *self.example_sets)
+
+    def embedder_options(self) -> EmbedderOptions:
+        """The validated options of the zero-shot embedder (the served name's, which also embeds every passage)."""
+        return EmbedderOptions.checked(
+            **{"show_progress": False, **self.options},
+            model_name=self.model,
+            query_instruction_for_retrieval=self.instruction,
+        )

@@ -1,0 +1,188 @@
+"""Ray Serve: the embeddings server of ``bge-icl serve`` as a Ray Serve application, one model per replica.
+
+Each replica builds the same FastAPI app as ``bge-icl serve`` (:func:`bge_icl_server.create_app`, mounted with
+``serve.ingress``: same routes, bodies, errors, auth and metrics names) from the same
+:class:`~bge_icl_server.ServerConfig`, loads the model and builds its prefix caches before it takes traffic,
+and batches its own requests. A replica whose model fails to load never becomes ready; one whose forward passes
+keep failing fails Ray's health check (``check_health``), and Ray replaces it.
+
+Needs ``pip install 'bge-icl[ray,serve]'``.
+
+Example:
+    >>> from ray import serve  # doctest: +SKIP
+    >>> app = build_app(model="BAAI/bge-en-icl", num_replicas=2, examples={"web-search": "web-search"})
+    >>> serve.run(app, name="bge-icl", route_prefix="/")  # doctest: +SKIP
+    >>> # clients: base_url="http://<head>:8000/v1", as for bge-icl serve
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI
+
+from bge_icl.quickstart import DEFAULT_MODEL
+from bge_icl_server import EmbeddingService, ServerConfig, create_app, load_example_set
+from bge_icl_server.config import DEFAULT_MAX_INPUTS, DEFAULT_MAX_QUEUE_ROWS, DEFAULT_MAX_REQUEST_BYTES
+
+try:
+    import ray
+    from ray import serve
+except ImportError as e:  # pragma: no cover - exercised only without ray
+    msg = "ray_bge_icl.serve needs Ray Serve; install it with: pip install 'bge-icl[ray,serve]'"
+    raise ImportError(msg) from e
+
+DEPLOYMENT_NAME = "BgeIclEmbeddings"
+# Ray's default (5) would leave each replica's batcher few requests to merge.
+DEFAULT_MAX_ONGOING_REQUESTS = 32
+
+
+def replica_health(app: FastAPI) -> None:
+    """Raise when the replica serving ``app`` should be replaced (Ray Serve's ``check_health`` contract).
+
+    Raises:
+        RuntimeError: The model is not loaded, or its last forward passes failed; the message says which.
+    """
+    service: EmbeddingService = app.state.service
+    if service.state != "ready":
+        msg = f"the model {service.config.model} is {service.state}" + (f": {service.error}" if service.error else "")
+        raise RuntimeError(msg)
+    if not service.healthy:
+        msg = "the last forward passes failed (see the replica's log); replace this replica"
+        raise RuntimeError(msg)
+
+
+def replica_stats(app: FastAPI) -> dict[str, Any]:
+    """This replica's id and counters: texts embedded, forward passes, texts in flight."""
+    service: EmbeddingService = app.state.service
+    stats = service.stats()  # the model's: every model id's rows and passes together
+    return {
+        "replica": serve.get_replica_context().replica_id.unique_id,
+        "rows": sum(stats.replica_rows),
+        "forward_passes": stats.forward_passes,
+        "queued_rows": service.queued_rows,
+    }
+
+
+def deployment(config: ServerConfig, **deployment_options: Any) -> serve.Deployment:
+    """The Ray Serve deployment serving ``config``; ``deployment_options`` go to ``serve.deployment``."""
+
+    def asgi_app() -> FastAPI:  # runs in each replica as it starts: Ray routes to it once this returns
+        service = EmbeddingService(config)
+        service.load()  # raises when the model cannot be loaded: the replica never becomes ready
+        return create_app(config, service)
+
+    @serve.ingress(asgi_app)
+    class BgeIclEmbeddings:
+        """One bge-en-icl model with its prefix caches and its own batching, behind the ``bge-icl serve`` app."""
+
+        def check_health(self) -> None:
+            replica_health(self.app)  # type: ignore[attr-defined]
+
+        def stats(self) -> dict[str, Any]:
+            return replica_stats(self.app)  # type: ignore[attr-defined]
+
+    options = {"name": DEPLOYMENT_NAME, **deployment_options}
+    made: serve.Deployment = serve.deployment(**options)(BgeIclEmbeddings)
+    return made
+
+
+def build_app(
+    model: str = DEFAULT_MODEL,
+    *,
+    num_replicas: int | None = None,
+    examples: Mapping[str, str] | None = None,
+    api_key: str | None = None,
+    served_name: str | None = None,
+    instruction: str | None = None,
+    max_inputs: int = DEFAULT_MAX_INPUTS,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    autoscaling_config: Mapping[str, Any] | None = None,
+    max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
+    deployment_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> serve.Application:
+    """The Ray Serve application of ``bge-icl serve``, for ``serve.run`` (or ``serve run`` via :func:`app_builder`).
+
+    Args:
+        model: Hub id or checkpoint directory (reachable from every replica's node).
+        num_replicas: Replicas, each one model (default 1; None with ``autoscaling_config``).
+        examples: Example sets by model id: a bundled set's name or a JSON file, read here (``--examples``).
+        api_key: Require ``Authorization: Bearer <api_key>`` on ``/v1/``.
+        served_name: The model id of zero-shot queries (default: the checkpoint's directory name, or the hub id).
+        instruction: The task instruction of zero-shot queries and of file example sets.
+        max_inputs: Most texts per request (413 past it).
+        max_request_bytes: Largest request body (413 past it).
+        max_queue_rows: Most texts in flight per replica (503 with ``Retry-After`` past it).
+        num_cpus: CPUs per replica (default 1).
+        num_gpus: GPUs per replica (default: 1 when the Ray cluster has GPUs, else 0).
+        autoscaling_config: Ray Serve's autoscaling (``min_replicas``, ``max_replicas``,
+            ``target_ongoing_requests``, ...), instead of a fixed ``num_replicas``.
+        max_ongoing_requests: Requests a replica takes at once (its batcher merges them; default 32).
+        deployment_options: Any other ``serve.deployment`` option (``health_check_period_s``, ...).
+        **options: :class:`~bge_icl.options.EmbedderOptions` (``dtype``, ``batch_size``, ``devices``, ...).
+
+    Raises:
+        ValueError: A bad option, example set or limit (before anything is deployed); both ``num_replicas`` and
+            ``autoscaling_config``.
+        TypeError: An unknown option.
+    """
+    sets = {}
+    for name, spec in (examples or {}).items():
+        try:
+            sets[name] = load_example_set(spec, instruction)
+        except ValueError as e:
+            msg = f"examples[{name!r}]: {e}"
+            raise ValueError(msg) from e
+    config = ServerConfig(
+        model=model,
+        served_name=served_name or "",
+        example_sets=sets,
+        instruction=instruction,
+        api_key=api_key,
+        max_inputs=max_inputs,
+        max_request_bytes=max_request_bytes,
+        max_queue_rows=max_queue_rows,
+        options=options,
+    )
+    return application(config, num_replicas=num_replicas, num_cpus=num_cpus, num_gpus=num_gpus,
+                       autoscaling_config=autoscaling_config, max_ongoing_requests=max_ongoing_requests,
+                       deployment_options=deployment_options)  # fmt: skip
+
+
+def application(
+    config: ServerConfig,
+    *,
+    num_replicas: int | None = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    autoscaling_config: Mapping[str, Any] | None = None,
+    max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
+    deployment_options: Mapping[str, Any] | None = None,
+) -> serve.Application:
+    """The application serving a ready-made ``config`` (``bge-icl serve --ray`` builds one from its flags); the
+    keyword arguments as for :func:`build_app`."""
+    if num_replicas is not None and autoscaling_config is not None:
+        msg = "pass num_replicas or autoscaling_config, not both (autoscaling decides the number of replicas)"
+        raise ValueError(msg)
+    if num_gpus is None:
+        num_gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 0
+    actor_options = {"num_cpus": 1 if num_cpus is None else num_cpus, "num_gpus": num_gpus}
+    scaling: dict[str, Any] = (
+        {"autoscaling_config": dict(autoscaling_config)}
+        if autoscaling_config is not None
+        else {"num_replicas": 1 if num_replicas is None else num_replicas}
+    )
+    extra = dict(deployment_options or {})
+    extra["ray_actor_options"] = {**actor_options, **extra.get("ray_actor_options", {})}
+    return deployment(config, max_ongoing_requests=max_ongoing_requests, **scaling, **extra).bind()
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """``serve run`` / a Serve config file's ``import_path: ray_bge_icl.serve:app_builder``: ``args`` are
+    :func:`build_app`'s keyword arguments."""
+    return build_app(**args)

@@ -1,0 +1,175 @@
+"""``bge-icl serve`` as a user runs it: a real subprocess on 127.0.0.1 (a free port), stopped by SIGTERM or Ctrl-C
+while a request is in flight (the request completes, exit 0); flags, the API key from the environment, and the
+one-line errors (a missing extra, a port in use, a model that cannot be loaded)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from bge_icl import ICLEmbedder
+from bge_icl_cli.cli import main
+from bge_icl_cli.serve import BATCHING_FLAGS, LIMIT_FLAGS
+
+CPU = ["--devices", "cpu"]
+ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+ENV.pop("BGE_ICL_API_KEY", None)
+
+
+def test_flags_are_the_cores_options_and_the_servers_limits() -> None:
+    from bge_icl import EmbedderOptions
+
+    for name in BATCHING_FLAGS:
+        assert name in EmbedderOptions.OPTION_NAMES
+    pytest.importorskip("fastapi")
+    server_config = pytest.importorskip("bge_icl_server.config")
+    for name, (default, _) in LIMIT_FLAGS.items():
+        assert server_config.ServerConfig.model_fields[name].default == default
+
+
+def test_without_the_extra_serve_prints_an_install_hint(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # what `import fastapi` meets where it is not installed
+    assert main(["serve", "--model", "x"]) == 1
+    assert capsys.readouterr().err == "bge-icl: error: bge-icl serve needs fastapi: pip install 'bge-icl[serve]'\n"
+
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("prometheus_client")
+httpx = pytest.importorskip("httpx")
+
+
+@contextmanager
+def serving(*argv: object, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``bge-icl serve ARGV --port 0`` in a subprocess; yields it and its URL once /health answers 200."""
+    proc = subprocess.Popen([sys.executable, "-m", "bge_icl_cli", "serve", *map(str, argv), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True, env=env or ENV)  # fmt: skip
+    try:
+        first = proc.stderr.readline()  # type: ignore[union-attr]
+        match = re.match(r"bge-icl: listening on (http://127\.0\.0\.1:\d+) \(model ids: (.+)\); loading ", first)
+        assert match, first + proc.stderr.read()  # type: ignore[union-attr]
+        url = match.group(1)
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{url}/health").status_code != 200:
+            assert time.monotonic() < deadline and proc.poll() is None, "the server did not get ready"
+            time.sleep(0.05)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_signal_finishes_the_request_in_flight_then_exits_0(tiny_dir: Path, sig: signal.Signals) -> None:
+    texts = [f"passage {i} about mountains and rivers " * 20 for i in range(150)]  # seconds of work on this model
+    with serving("--model", tiny_dir, *CPU, "--examples", "web-search") as (proc, url):
+        result: dict[str, httpx.Response] = {}
+        call = threading.Thread(target=lambda: result.setdefault("r", httpx.post(
+            f"{url}/v1/embeddings", json={"model": tiny_dir.name, "input": texts}, timeout=120)))  # fmt: skip
+        call.start()
+        deadline = time.monotonic() + 60
+        while "bge_icl_queue_rows 150.0" not in httpx.get(f"{url}/metrics").text:  # the request is in flight
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        call.join(120)
+        assert proc.wait(60) == 0
+        log = proc.stderr.read()  # type: ignore[union-attr]
+    response = result["r"]
+    assert response.status_code == 200, response.text
+    expected = ICLEmbedder(str(tiny_dir), devices="cpu", show_progress=False).encode_corpus(texts)
+    got = [d["embedding"] for d in response.json()["data"]]
+    assert len(got) == 150 and abs(expected - got).max() <= 1e-5
+    assert re.search(rf"request \w+ POST /v1/embeddings model={tiny_dir.name} inputs=150 bytes=\d+ status=200", log)
+    assert "Shutting down" in log and "mountains" not in log and "Traceback" not in log
+
+
+def test_api_key_from_the_environment_and_flags(tiny_dir: Path, tmp_path: Path) -> None:
+    examples = tmp_path / "faq.json"
+    examples.write_text(json.dumps([{"query": "q", "response": "r"}]))
+    with serving("--model", tiny_dir, *CPU, "--served-name", "plain", "--examples", f"faq={examples}",
+                 "--instruction", "Find the FAQ entry.", "--max-inputs", "3", "--batch-size", "2",
+                 env={**ENV, "BGE_ICL_API_KEY": "from-env"}) as (proc, url):  # fmt: skip
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        listing = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer from-env"}).json()
+        assert [m["id"] for m in listing["data"]] == ["plain", "faq"]
+        too_many = httpx.post(f"{url}/v1/embeddings", json={"model": "faq", "input": ["a"] * 4},
+                              headers={"Authorization": "Bearer from-env"})  # fmt: skip
+        assert too_many.status_code == 413
+        response = httpx.post(f"{url}/v1/embeddings", json={"model": "faq", "input": ["a q"], "input_type": "query"},
+                              headers={"Authorization": "Bearer from-env"})  # fmt: skip
+        local = ICLEmbedder(str(tiny_dir), devices="cpu", examples_for_task=[{"query": "q", "response": "r"}],
+                            query_instruction_for_retrieval="Find the FAQ entry.")  # fmt: skip
+        assert abs(local.encode_queries(["a q"]) - response.json()["data"][0]["embedding"]).max() <= 1e-5
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_usage_errors_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cases = [
+        (["--examples", "nope"], "bge-icl: error: --examples nope: unknown example set 'nope': bundled sets are "
+                                 "web-search; or a JSON file\n"),
+        (["--examples", "=web-search"], "bge-icl: error: --examples '=web-search': expected NAME=FILE or "
+                                        "NAME=BUILTIN (e.g. search=web-search)\n"),
+        (["--examples", "a=web-search", "--examples", "a=web-search"],
+         "bge-icl: error: --examples: the model id 'a' is given twice\n"),
+        (["--examples", f"{tiny_dir.name}=web-search"],
+         f"bge-icl: error: the served name {tiny_dir.name!r} is also an example set's name; "),
+        (["--batch-size", "0"], "bge-icl: error: --batch-size must be a positive int, got 0\n"),
+        (["--max-inputs", "0"], "bge-icl: error: --max-inputs: Input should be greater than 0\n"),
+        (["--dtype", "float8"], "bge-icl: error: --dtype float8 is not supported; valid: 'auto', 'float16', "),
+        (["--replicas", "2"], "bge-icl: error: --replicas needs --ray (one process serves one model; see --devices "
+                              "for several GPUs)\n"),
+        (["--ray", "--replicas", "0"], "bge-icl: error: --replicas must be positive, got 0\n"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        code, err = run(capsys, "serve", "--model", tiny_dir, *CPU, *argv)
+        assert (code, err[: len(message)]) == (1, message), err
+        assert err.count("\n") == 1
+
+
+def test_ray_mode_without_ray_prints_an_install_hint(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setitem(sys.modules, "ray.serve", None)
+    code, err = run(capsys, "serve", "--ray", "--model", tiny_dir, *CPU)
+    assert (code, err) == (1, "bge-icl: error: bge-icl serve --ray needs ray: pip install 'bge-icl[ray]'\n")
+
+
+def test_a_port_in_use_is_an_error(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = run(capsys, "serve", "--model", tiny_dir, *CPU, "--port", port)
+    assert (code, err) == (1, f"bge-icl: error: cannot listen on 127.0.0.1:{port}: Address already in use\n")
+
+
+def test_a_model_that_cannot_be_loaded_is_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    argv = [sys.executable, "-m", "bge_icl_cli", "serve", "--model", str(tmp_path / "empty"), *CPU, "--port", "0"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("bge-icl: error: ")
+    assert last.endswith("Or pass --model PATH to a local checkpoint directory.")
