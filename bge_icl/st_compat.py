@@ -12,18 +12,28 @@ Nothing here imports sentence-transformers: the model is read through its public
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 
 from bge_icl.loading import ATTENTION_IMPLEMENTATIONS, adopt_model
-from bge_icl.options import MODEL_ALIASES
+from bge_icl.options import MODEL_ALIASES, EmbedderOptions
 from bge_icl.precision import Precision
 
-if TYPE_CHECKING:
-    from bge_icl.encoder import ICLEmbedder
+
+class _Encodes(Protocol):
+    """What this mixin needs of the class it is mixed into (:class:`~bge_icl.ICLEmbedder`), typed."""
+
+    @property
+    def options(self) -> EmbedderOptions: ...
+
+    def encode_queries(self, queries: Any, batch_size: int | None = None, max_length: int | None = None,
+                       convert_to_numpy: bool | None = None, **call: Any) -> Any: ...  # fmt: skip
+
+    def encode_corpus(self, corpus: Any, batch_size: int | None = None, max_length: int | None = None,
+                      convert_to_numpy: bool | None = None, **call: Any) -> Any: ...  # fmt: skip
 
 # Options that the SentenceTransformer decides (its weights, where and how they are loaded).
 FROM_THE_MODEL = (*MODEL_ALIASES, "devices", "dtype", "attn_implementation", "use_fp16", "use_bf16",
@@ -118,7 +128,7 @@ class SentenceTransformersCompat:
             )
             raise ValueError(msg)
         loaded = adopt_model(auto, tokenizer, attn)
-        build = cast("type[ICLEmbedder]", cls)  # this mixin's class is ICLEmbedder (or a subclass)
+        build = cast("Callable[..., Any]", cls)  # ICLEmbedder (or a subclass), whose options these are
         return build(loaded.source, devices=str(loaded.device), dtype=loaded.dtype, attn_implementation=attn, **options)
 
     def encode_query(self, inputs: str | Iterable[str], **kwargs: Any) -> Any:
@@ -153,7 +163,7 @@ class SentenceTransformersCompat:
         if rest:
             msg = f"unknown argument(s) {sorted(rest)}; valid: {list(ST_ARGUMENTS)}"
             raise TypeError(msg)
-        me = cast("ICLEmbedder", self)  # typed: mypy checks every call below
+        me = cast(_Encodes, self)  # typed: mypy checks every call below
         if normalize_embeddings is not None and bool(normalize_embeddings) != me.options.normalize_embeddings:
             msg = (
                 f"normalize_embeddings={normalize_embeddings} differs from this embedder's option "

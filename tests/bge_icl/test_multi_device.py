@@ -92,3 +92,14 @@ def test_failure_on_one_replica_surfaces_and_embedder_stays_usable(
         double.encode_corpus(TEXTS)
     monkeypatch.undo()
     assert np.abs(double.encode_corpus(TEXTS) - single.encode_corpus(TEXTS)).max() <= 1e-5
+
+
+def test_warm_up_builds_every_replicas_prefix_cache_and_embeds_nothing(double: ICLEmbedder) -> None:
+    fresh = double.with_options()  # its own (empty) prefix caches, on the same two replicas
+    assert fresh.prefix_caches == {}
+    fresh.warm_up()
+    caches = fresh.prefix_caches
+    assert set(caches) == {0, 1} and fresh.stats.prefix_builds == 2 and sum(fresh.stats.replica_rows) == 0
+    assert caches[0].ids == caches[1].ids == fresh.prefix_ids
+    fresh.encode_queries(TEXTS[:8])
+    assert fresh.prefix_caches[0] is caches[0] and fresh.stats.prefix_builds == 2  # used, never rebuilt

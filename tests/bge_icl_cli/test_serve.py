@@ -137,7 +137,7 @@ def test_usage_errors_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: pytes
         (["--examples", f"{tiny_dir.name}=web-search"],
          f"bge-icl: error: the served name {tiny_dir.name!r} is also an example set's name; "),
         (["--batch-size", "0"], "bge-icl: error: --batch-size must be a positive int, got 0\n"),
-        (["--max-inputs", "0"], "bge-icl: error: --max-inputs: Input should be greater than 0\n"),
+        (["--max-inputs", "0"], "bge-icl: error: --max-inputs must be a positive int, got 0\n"),
         (["--dtype", "float8"], "bge-icl: error: --dtype float8 is not supported; valid: 'auto', 'float16', "),
         (["--replicas", "2"], "bge-icl: error: --replicas needs --ray (one process serves one model; see --devices "
                               "for several GPUs)\n"),
