@@ -172,7 +172,7 @@ class EmbedderOptions(BaseModel):
     ``max_batch_tokens`` allows (it counts the prefix attention of cached queries: hundreds of short queries); > 0."""
     max_batch_tokens: int | None = None
     """Most padded tokens per forward pass (a cached query counts its attention to the prefix too); it bounds how
-    long one pass runs, so how long another call waits behind it. None = 8,192 on GPU, 2,048 on CPU; > 0."""
+    long one pass runs, so how long another call waits behind it. None = 4,096 on GPU, 512 on CPU; > 0."""
     batch_wait_ms: float = 0.0
     """How long a free replica may wait for more rows from other calls before a pass that is not full, in
     milliseconds; 0 = start at once (a call alone never waits); >= 0."""
