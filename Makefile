@@ -4,7 +4,8 @@
 #   make test   - set up .venv (transformers 5.x), .venv-ref (transformers 4.57 + FlagEmbedding 1.4.2) and
 #                 .venv-floor (transformers 4.46, the oldest supported); lint, type-check, run the whole suite on
 #                 5.x, build the docs, then the core suite on 4.57 (with FlagICLModel parity) and on 4.46.
-#   make bench-serve - HTTP load test of `bge-icl serve`, and infinity-emb side by side (in .venv-infinity).
+#   make bench-serve - many callers on one model in process (dynamic batching), then an HTTP load test of
+#                 `bge-icl serve` and infinity-emb side by side (in .venv-infinity).
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
@@ -76,6 +77,7 @@ bench-prefix: $(VENV)/.installed
 # `bge-icl serve` under 256 requests from 32 concurrent clients (every vector checked), then infinity-emb on the same
 # checkpoint and load; figures appended to benchmarks/serve-results.jsonl; update docs/benchmarks.md by hand.
 bench-serve: $(VENV)/.installed $(INFINITY)/.installed
+	$(VENV)/bin/python benchmarks/bench_serve.py --repeats 3 --record benchmarks/serve-results.jsonl
 	$(VENV)/bin/python benchmarks/bench_serve_http.py --record benchmarks/serve-results.jsonl
 
 # Tokenizer files for benchmarks/bench_gpu.py on a GPU machine without mistral-common (carry .cache/bench-tokenizer).
