@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -60,3 +62,22 @@ def assert_same_vectors(got: Any, expected: Any) -> None:
 
     assert len(got) == len(expected)
     np.testing.assert_allclose(flat(got), flat(expected), rtol=0, atol=SHARED_PASS_TOLERANCE)
+
+
+async def passes_after_cancelling(embedder: Any, start: Any) -> int:
+    """Forward passes of ``embedder``'s model (each slowed to 20 ms) in a task ``start()`` makes, cancelled once the
+    first pass runs; awaits the cancellation, then 0.2 s more (10 passes' time, had the call gone on)."""
+    passes: list[int] = []
+    hook = embedder.replicas[0].model.embed_tokens.register_forward_pre_hook(
+        lambda module, args: passes.append(0) or time.sleep(0.02))  # fmt: skip
+    try:
+        task = asyncio.create_task(start())
+        while not passes:
+            await asyncio.sleep(0.002)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)
+    finally:
+        hook.remove()
+    return len(passes)

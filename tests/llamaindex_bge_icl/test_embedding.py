@@ -9,7 +9,6 @@ import pickle
 import re
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from bge_icl import EmbedderOptions, ICLEmbedder
 from llamaindex_bge_icl import QUERY_CACHE_COLLECTION, BgeIclEmbedding
 from tests.conftest import NOTEBOOK_DOCUMENTS, NOTEBOOK_EXAMPLES, NOTEBOOK_QUERIES
 from tests.llamaindex_bge_icl.conftest import CORPUS
+from tests.reliability_helpers import passes_after_cancelling
 
 OTHER_EXAMPLES = [{"instruct": "Retrieve a definition.", "query": "define apex", "response": "The top of something."}]
 
@@ -256,19 +256,8 @@ def test_shares_one_model_with_the_langchain_adapter(emb: BgeIclEmbedding, field
 
 async def test_a_cancelled_aget_text_embedding_batch_stops_after_the_running_pass(fields: dict[str, Any]) -> None:
     emb = BgeIclEmbedding(**{**fields, "batch_size": 1}, embed_batch_size=8)  # one passage a pass
-    passes: list[int] = []
-    model = emb.embedder.replicas[0].model
-    hook = model.embed_tokens.register_forward_pre_hook(lambda m, a: passes.append(0) or time.sleep(0.02))
-    try:
-        task = asyncio.create_task(emb.aget_text_embedding_batch([f"passage {i}" for i in range(48)]))
-        while not passes:
-            await asyncio.sleep(0.002)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.sleep(0.2)  # time for 10 more passes, had the call gone on
-    finally:
-        hook.remove()
-    assert len(passes) <= 2 and emb.embedder.stats.queued_rows == 0  # the running pass, at most one more
+    passages = [f"passage {i}" for i in range(48)]
+    passes = await passes_after_cancelling(emb.embedder, lambda: emb.aget_text_embedding_batch(passages))
+    assert passes <= 2 and emb.embedder.stats.queued_rows == 0  # the running pass, at most one more
     np.testing.assert_allclose(await emb.aget_text_embedding("still usable"), emb.get_text_embedding("still usable"),
                                atol=1e-6)  # fmt: skip
