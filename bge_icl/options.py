@@ -174,8 +174,8 @@ class EmbedderOptions(BaseModel):
     """Most padded tokens per forward pass (a cached query counts its attention to the prefix too); it bounds how
     long one pass runs, so how long another call waits behind it. None = 4,096 on GPU, 512 on CPU; > 0."""
     batch_wait_ms: float = 0.0
-    """How long a free replica may wait for more rows from other calls before a pass that is not full, in
-    milliseconds; 0 = start at once (a call alone never waits); >= 0."""
+    """How long a free replica may wait for more rows from other calls before a pass that fills less than half of
+    the token budget and the row limit, in milliseconds; 0 = start at once (a call alone never waits); >= 0."""
     attn_implementation: str | None = None
     """``"sdpa"``, ``"eager"`` or ``"flash_attention_2"``; None = flash-attn 2 on GPU when installed, else sdpa."""
     prefix_cache: bool = True

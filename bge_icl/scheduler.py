@@ -16,7 +16,7 @@ can share passes and no call can starve another at the model's lock.
   (``max_batch_tokens``, counting what each row costs), so nothing waits long behind one. The cut depends on the
   rows only, never on timing: a call alone gets the same passes, and the same vectors, every time.
 - **No added wait.** An idle worker starts a pass as soon as a row arrives; ``batch_wait_ms`` > 0 lets it wait
-  that long for more rows when the pass is not full.
+  that long for more rows when the pass would fill less than half its budget and row limit.
 - **Isolated.** A failed pass that held several calls' rows is run again call by call, so only the failing call
   fails. ``torch.OutOfMemoryError`` (and only that) halves the budget of the calls in the pass and puts their rows
   back; a single row that still does not fit fails its call with advice. A cancelled call's rows that have not
@@ -114,7 +114,7 @@ class Job:
         dimension: D.
         budget: Most tokens of cost per pass (``max_batch_tokens``).
         row_limit: Most rows per pass (None: the budget decides).
-        batch_wait_s: How long a worker may wait for more rows before a pass that is not full.
+        batch_wait_s: How long a worker may wait for more rows before a pass under half its budget and row limit.
         progress: Called with the number of rows done, after each pass (a progress bar).
         counters: Where the job's work is counted besides the scheduler's own (its embedder's).
     """
@@ -291,7 +291,7 @@ class Scheduler:
                 return None
             step = self._cut(replica, waiting)
             wait = max(job.batch_wait_s for job, _ in step.entries)
-            full = step.cost * 2 > step.bound or step.rows == step.row_limit
+            full = step.cost * 2 > step.bound or (step.row_limit is not None and step.rows * 2 > step.row_limit)
             age = time.perf_counter() - min(job.submitted for job, _ in step.entries)
             if wait <= 0 or full or age >= wait:
                 self._take(step)

@@ -34,8 +34,8 @@ BATCHING_FLAGS = {
     "batch_size": (int, "most texts per forward pass (default: 32 on CPU; on GPU the token budget decides)"),
     "max_batch_tokens": (int, "most tokens of cost per forward pass; bounds how long a request waits behind another "
                               "one's pass (default: 4,096 on GPU, 512 on CPU)"),
-    "batch_wait_ms": (float, "how long a free model may wait for more requests' rows before a pass that is not "
-                             "full (default 0: never)"),
+    "batch_wait_ms": (float, "how long a free model may wait for more requests' rows before a pass under half its "
+                             "budget (default 0: never)"),
     "query_max_length": (int, "token limit of a query, the examples not counted (default 512)"),
     "passage_max_length": (int, "token limit of a passage (default 512)"),
 }
