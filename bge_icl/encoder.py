@@ -6,8 +6,9 @@ Everything is decided once, at setup: the options (:mod:`bge_icl.options`), the 
 typed :class:`Request`, the seams a scheduler drives (Infinity's ``encode_pre`` / ``encode_core`` /
 ``encode_post``):
 
-- :meth:`ICLEmbedder.prepare`: texts to token ids, truncation, and batching groups (cached-prefix queries apart);
-- :meth:`ICLEmbedder.run_batch`: one batch of token ids to vectors, on one replica;
+- :meth:`ICLEmbedder.prepare`: texts to token ids, truncation, and rows per lane (cached-prefix queries apart);
+- a pass (:mod:`bge_icl.scheduler`): a lane's forward over rows of any calls on these weights, on one replica,
+  then each call's head (cut, normalize) on its rows;
 - :meth:`ICLEmbedder.finish`: the vectors in input order to the caller's array (precision, numpy or torch).
 
 Queries and passages differ only in ``prepare``: the ids put before and after the text.

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from bge_icl import ICLEmbedder, TruncationError, TruncationWarning
-from bge_icl.batching import Batch, BatchQueue
 from tests.bge_icl.cases import LONG_PASSAGE, LONG_QUERY, PASSAGES, QUERIES, WEB
 from tests.conftest import NOTEBOOK_EXAMPLES
 
@@ -61,33 +60,6 @@ def test_any_batch_composition_and_order_gives_same_vectors(
     base_p = emb.encode_corpus(PASSAGES)
     each = np.stack([other.encode_corpus(p) for p in PASSAGES])
     assert np.abs(each - base_p).max() <= 1e-5
-
-
-def _drain(queue: BatchQueue) -> list[Batch]:
-    batches = []
-    while (batch := queue.take()) is not None:
-        batches.append(batch)
-    return batches
-
-
-def test_batch_queue_respects_limits_and_covers_everything() -> None:
-    lengths = [5, 50, 7, 50, 1, 30, 30, 2]
-    batches = _drain(BatchQueue([(list(range(len(lengths))), lengths, 0)], batch_size=3, budget=100))
-    assert sorted(i for b in batches for i in b.rows) == list(range(len(lengths)))
-    for b in batches:
-        assert len(b.rows) <= 3
-        assert len(b.rows) == 1 or len(b.rows) * max(lengths[i] for i in b.rows) <= 100
-    firsts = [lengths[b.rows[0]] for b in batches]
-    assert firsts == sorted(firsts, reverse=True)
-
-
-def test_batch_queue_counts_the_cached_prefix_and_shrinks_on_request() -> None:
-    queue = BatchQueue([([0, 1, 2, 3], [10, 10, 10, 10], 40)], batch_size=8, budget=200)
-    first = queue.take()
-    assert first is not None and first.rows == [0, 1, 2, 3] and first.padded_tokens == 200
-    queue.shrink(first)  # as after an out-of-memory error: same rows again, half the budget
-    assert queue.budget == 100
-    assert [b.rows for b in _drain(queue)] == [[0, 1], [2, 3]]
 
 
 def test_eos_guarantee(tiny_dir: Path, tiny_no_eos_dir: Path) -> None:

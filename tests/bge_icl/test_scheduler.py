@@ -63,9 +63,9 @@ def _lane(model: FakeModel, key: str = "whole", skip: int = 0, cost: Any = copie
 
 def _job(lane: Lane, tokens: Sequence[int], lengths: Sequence[int], *, budget: int = 1000, rows: int | None = None,
          wait: float = 0.0, counters: Counters | None = None) -> Job:  # fmt: skip
-    """A job whose row i is the id list ``[tokens[i]] * lengths[i]``."""
-    ids = [[t] * n for t, n in zip(tokens, lengths, strict=True)]
-    group = Rows(lane, range(len(ids)), [len(x) for x in ids])
+    """A job whose row i is the id list ``[tokens[i]] * (lane.skip + lengths[i])`` (a cached prefix, then its own)."""
+    ids = [[t] * (lane.skip + n) for t, n in zip(tokens, lengths, strict=True)]
+    group = Rows(lane, range(len(ids)), list(lengths))
     return Job(ids, [group], lambda t: t.float(), H, budget, rows, wait, counters=counters)
 
 
@@ -84,6 +84,26 @@ def test_one_call_is_cut_longest_first_under_the_budget_and_row_limit(scheduler:
         assert len(p) <= 3 and (len(p) == 1 or len(p) * longest <= 20)
         assert [lengths[t] for t in p] == sorted((lengths[t] for t in p), reverse=True)
     assert model.passes[0] == [1, 3]  # the two 9-token rows: 2 x 9 <= 20, a third would not fit
+
+
+def test_a_call_is_covered_longest_first_under_both_limits(scheduler: Scheduler, model: FakeModel) -> None:
+    lengths = [5, 50, 7, 50, 1, 30, 30, 2]
+    tokens = list(range(len(lengths)))
+    _check(scheduler.submit(_job(_lane(model), tokens, lengths, budget=100, rows=3)), tokens)
+    assert sorted(t for p in model.passes for t in p) == tokens
+    for p in model.passes:
+        assert len(p) <= 3
+        assert len(p) == 1 or len(p) * max(lengths[t] for t in p) <= 100
+    firsts = [lengths[p[0]] for p in model.passes]
+    assert firsts == sorted(firsts, reverse=True)
+
+
+def test_the_cached_prefix_counts_and_out_of_memory_halves_the_budget(scheduler: Scheduler, model: FakeModel) -> None:
+    model.oom_above = 150  # 4 rows of 40 cached + 10 own tokens fail, 2 rows fit
+    lane = _lane(model, "copy", skip=40)
+    job = scheduler.submit(_job(lane, [0, 1, 2, 3], [10, 10, 10, 10], budget=200, rows=8))
+    _check(job, [0, 1, 2, 3])  # the first pass (4 rows, 4 x (10 + 40) = 200 tokens) failed and ran again halved
+    assert job.budget == 100 and model.passes == [[0, 1], [2, 3]]
 
 
 def test_the_cached_prefix_counts_in_a_rows_cost(scheduler: Scheduler, model: FakeModel) -> None:
