@@ -38,15 +38,10 @@ import transformers
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
 from bge_icl.quickstart import EXAMPLES
-from bge_icl.testing import build_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu import WORDS  # the same vocabulary as the CPU benchmark
-
-
-def checkpoint(root: Path) -> str:
-    return str(build_checkpoint(root / "bench", seed=0, hidden_size=512, intermediate_size=1792,
-                                num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2))  # fmt: skip
+from bench_prefix import checkpoint  # the same medium checkpoint
 
 
 def texts(n: int, low: int, high: int, seed: int) -> list[str]:

@@ -108,18 +108,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for module in ("fastapi", "uvicorn", "prometheus_client"):
         require(module, "bge-icl serve", "serve")
     from bge_icl.errors import OptionError
-    from bge_icl.options import EmbedderOptions, positive_int
+    from bge_icl.options import positive_int
     from bge_icl_server.config import ServerConfig
 
     options: dict[str, Any] = {"devices": devices_arg(args.devices), "dtype": args.dtype}
     options.update({name: getattr(args, name) for name in BATCHING_FLAGS if getattr(args, name) is not None})
-    try:  # the core's checks, worded from their fields with this subcommand's flags
-        EmbedderOptions.checked(**options)
+    try:  # the limits are this command's own flags: checked, and worded, as the core's counts
         for name in LIMIT_FLAGS:
             positive_int(name, getattr(args, name))
     except OptionError as e:
         raise CliError(option_words(e, SERVE_FLAGS)) from e
-    try:
+    try:  # ServerConfig checks the options with the core's one check (EmbedderOptions.checked)
         config = ServerConfig(
             model=args.model,
             served_name=args.served_name or "",
@@ -129,9 +128,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             options=options,
             **{name: getattr(args, name) for name in LIMIT_FLAGS},
         )
-    except ValueError as e:  # what only the config checks (a served name that is also a set's): its cause's words
+    except OptionError as e:  # a type error passes through pydantic as it was raised
+        raise CliError(option_words(e, SERVE_FLAGS)) from e
+    except ValueError as e:  # pydantic's: each error's cause, an OptionError worded from its fields
         causes = [x.get("ctx", {}).get("error") for x in e.errors()] if hasattr(e, "errors") else [e]
-        raise CliError("; ".join(one_line(str(c)) for c in causes if c is not None) or one_line(str(e))) from e
+        words = [option_words(c, SERVE_FLAGS) if isinstance(c, OptionError) else one_line(str(c))
+                 for c in causes if c is not None]  # fmt: skip
+        raise CliError("; ".join(words) or one_line(str(e))) from e
     if args.ray:
         return _run_ray(config, args.host, args.port, args.replicas)
     if args.replicas != 1:
