@@ -168,7 +168,10 @@ class Job:
             for rows, vectors in self._parts:
                 out[rows] = vectors.cpu().numpy()  # (B, D): the copy to the host, once per pass, at the end
             self.vectors = out
-        self._parts = []
+        # A done job holds nothing of its embedder (lanes and head close over it): a worker that still holds the
+        # job keeps no weights alive once the caller lets them go.
+        self._parts, self.lanes, self.pending, self.counters, self.progress = [], {}, {}, None, None
+        self.head = _finished_head
         self.done.set()
         for callback in self._callbacks:
             callback()
@@ -180,6 +183,11 @@ class Job:
             raise self.error
         assert self.vectors is not None, "result() of a cancelled job"
         return self.vectors
+
+
+def _finished_head(pooled: torch.Tensor) -> torch.Tensor:
+    """The head of a job that is done (cancelled while a pass held its rows): that pass's rows are discarded."""
+    return pooled.float()
 
 
 @dataclass
@@ -354,8 +362,12 @@ class Scheduler:
             queue.extendleft((row, lengths[row]) for row in reversed(rows))
             job.cost_left += sum(lengths.values())
 
-    def _run(self, step: _Pass) -> None:
-        """Run ``step`` on its replica; on failure, retry per job or back off (see the module doc)."""
+    def _run(self, step: _Pass) -> list[Job]:
+        """Run ``step`` on its replica; on failure, retry per job or back off (see the module doc).
+
+        Returns:
+            The jobs it finished (done or failed), for the worker to signal once it holds no more of the pass.
+        """
         loaded = self.replicas[step.replica]
         ids = [job.ids[row] for job, rows in step.entries for row in rows]
         error: BaseException | None = None
@@ -376,8 +388,7 @@ class Scheduler:
             else:
                 finished = self._failed(step, error, loaded)
             self._cond.notify_all()
-        for job in finished:
-            job._finish()
+        return finished
 
     def _count(self, job: Job, replica: int | None, rows: int, passes: int, queued: int) -> None:
         self.counters._add(replica, rows, passes, queued)
@@ -483,8 +494,11 @@ def _serve(ref: weakref.ReferenceType[Scheduler], cond: threading.Condition, rep
                 cond.wait(IDLE_SECONDS)
                 continue
         assert scheduler is not None  # a pass was cut, so the scheduler was there
-        scheduler._run(step)
-        del scheduler, step
+        finished = scheduler._run(step)
+        del scheduler, step  # before the callers wake: they may drop the last reference to the weights
+        for job in finished:
+            job._finish()
+        del finished
         idle_since = time.perf_counter()
 
 

@@ -263,3 +263,20 @@ def test_an_unexpected_error_in_the_worker_fails_the_waiting_calls(model: FakeMo
     with pytest.raises(ZeroDivisionError):
         scheduler.submit(_job(broken, [1], [2])).result()
     _check(scheduler.submit(_job(_lane(model), [2], [2])), [2])  # a new worker serves the next call
+
+
+def test_a_finished_call_leaves_nothing_of_its_embedder_to_the_worker(scheduler: Scheduler) -> None:
+    import gc
+    import weakref
+
+    class Owner:  # stands for an embedder: its lanes and head close over it, and it holds the weights
+        def forward(self, replica: int, loaded: LoadedModel, ids: list[Sequence[int]]) -> torch.Tensor:
+            return torch.zeros(len(ids), H)
+
+    owner = Owner()
+    alive = weakref.ref(owner)
+    job = scheduler.submit(_job(Lane(("whole",), 0, copied_prefix_cost, owner.forward), [1], [2]))
+    job.result()  # the caller wakes: the worker must hold nothing of the pass by now
+    del owner
+    gc.collect()
+    assert alive() is None
