@@ -7,35 +7,82 @@
 #   make bench-serve - many callers on one model in process (dynamic batching), then an HTTP load test of
 #                 `bge-icl serve` and infinity-emb side by side (in .venv-infinity).
 PYTHON ?= python3
-TORCH ?= torch==2.13.0
+TORCH ?= $(shell grep -v '^\#' locks/torch.txt)
 VENV := .venv
 REF := .venv-ref
 FLOOR := .venv-floor
 INFINITY := .venv-infinity
-INFINITY_EMB ?= infinity-emb[server,torch]==0.0.78
-PIP_FLAGS := -q --disable-pip-version-check
+LATEST := .venv-latest
+TOOLS := .venv-tools
 MODEL ?= BAAI/bge-en-icl
 
-.PHONY: demo demo-tiny test lint clean bench-cpu bench-prefix bench-gpu-files bench-serve
+# Every environment installs exact versions from its lock (locks/*.txt, made from locks/*.in by `make lock`) with uv,
+# pinned here; pyproject.toml keeps the version ranges a user's pip resolves. uv reads no pip.conf, so it is given the
+# find-links that pip is given through the environment (where the CPU build of torch lies on these machines).
+UV_VERSION := 0.13.10
+UV := $(TOOLS)/bin/uv
+UV_SOURCES := $(foreach link,$(PIP_FIND_LINKS),--find-links $(link))
+LOCK_PYTHON := 3.11
+LOCKED := $(TOOLS)/bin/python locks/check.py
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) "$(TORCH)"
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e ".[test]"
+# A venv from a lock: torch first (locks/torch.txt), then the lock's exact versions with no resolution, then this
+# package itself (editable, no dependencies), then the check that what is installed is what the lock says.
+define locked_venv
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(UV) pip install -q --python $(1)/bin/python $(UV_SOURCES) "$(TORCH)"
+	$(UV) pip install -q --python $(1)/bin/python $(UV_SOURCES) --no-deps -r $(2)
+	$(if $(3),$(UV) pip install -q --python $(1)/bin/python --no-deps -e .)
+	$(LOCKED) $(1)/bin/python $(2)
+	touch $(1)/.installed
+endef
+
+.PHONY: demo demo-tiny test lint check-locks lock test-latest clean bench-cpu bench-prefix bench-gpu-files bench-serve
+
+$(TOOLS)/.installed:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
 	touch $@
 
-$(REF)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(REF)
-	$(REF)/bin/pip install $(PIP_FLAGS) "$(TORCH)"
-	$(REF)/bin/pip install $(PIP_FLAGS) -e ".[testing,eval]" "transformers==4.57.*" "FlagEmbedding==1.4.2" "pytest>=8" "pytest-asyncio>=0.24" "hypothesis>=6.100"
-	touch $@
+$(VENV)/.installed: $(TOOLS)/.installed locks/test.txt locks/torch.txt pyproject.toml
+	$(call locked_venv,$(VENV),locks/test.txt,editable)
+
+$(REF)/.installed: $(TOOLS)/.installed locks/ref.txt locks/torch.txt pyproject.toml
+	$(call locked_venv,$(REF),locks/ref.txt,editable)
 
 # The oldest transformers that pyproject.toml admits: the core suite must pass there too.
-$(FLOOR)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(FLOOR)
-	$(FLOOR)/bin/pip install $(PIP_FLAGS) "$(TORCH)"
-	$(FLOOR)/bin/pip install $(PIP_FLAGS) -e ".[testing]" "transformers==4.46.*" "pytest>=8" "pytest-asyncio>=0.24" "hypothesis>=6.100"
-	touch $@
+$(FLOOR)/.installed: $(TOOLS)/.installed locks/floor.txt locks/torch.txt pyproject.toml
+	$(call locked_venv,$(FLOOR),locks/floor.txt,editable)
+
+# infinity-emb, for bench-serve only (never for make test): its own venv, torch pinned first (the CPU build).
+$(INFINITY)/.installed: $(TOOLS)/.installed locks/infinity.txt locks/torch.txt
+	$(call locked_venv,$(INFINITY),locks/infinity.txt,)
+
+# Regenerate every lock from locks/*.in and pyproject.toml's ranges: the newest versions that fit, today.
+# Then `make test` (it rebuilds the venvs from the new locks) before committing them; see docs/contributing.md.
+lock: $(TOOLS)/.installed
+	for env in test ref floor infinity; do \
+	  $(UV) pip compile -q locks/$$env.in $(UV_SOURCES) --python-version $(LOCK_PYTHON) --constraint locks/torch.txt \
+	    --no-emit-package torch --no-emit-package bge-icl --upgrade --custom-compile-command "make lock" \
+	    -o locks/$$env.txt || exit 1; \
+	done
+
+# Each environment holds exactly its lock (a venv changed by hand, or a stale one, fails here).
+check-locks: $(VENV)/.installed $(REF)/.installed $(FLOOR)/.installed
+	$(LOCKED) $(VENV)/bin/python locks/test.txt
+	$(LOCKED) $(REF)/bin/python locks/ref.txt
+	$(LOCKED) $(FLOOR)/bin/python locks/floor.txt
+
+# Drift on purpose: a throwaway venv from pyproject.toml's ranges alone (the newest of everything), then lint and the
+# whole suite there. Not part of `make test`.
+test-latest: $(TOOLS)/.installed
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(UV) pip install -q --python $(LATEST)/bin/python $(UV_SOURCES) "$(TORCH)"
+	$(UV) pip install -q --python $(LATEST)/bin/python $(UV_SOURCES) -e ".[test]"
+	$(LATEST)/bin/ruff check .
+	$(LATEST)/bin/mypy
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/bge-icl demo --model "$(MODEL)"
@@ -44,7 +91,7 @@ demo-tiny: $(VENV)/.installed
 	$(VENV)/bin/python -c "from bge_icl.testing import build_checkpoint; build_checkpoint('.cache/tiny-bge-icl')"
 	$(VENV)/bin/bge-icl demo --model .cache/tiny-bge-icl --devices cpu
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed check-locks
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
@@ -54,16 +101,8 @@ test: $(VENV)/.installed $(REF)/.installed $(FLOOR)/.installed lint
 	$(REF)/bin/python -m pytest -q -p no:cacheprovider tests/bge_icl tests/bge_icl_cli
 	$(FLOOR)/bin/python -m pytest -q -p no:cacheprovider tests/bge_icl tests/bge_icl_cli --ignore=tests/bge_icl/test_parity_flagembedding.py
 
-# infinity-emb, for bench-serve only (never for make test): its own venv, torch pinned first (the CPU build).
-# protobuf and sentencepiece: infinity's transformers needs them to load bge-en-icl's tokenizer.
-$(INFINITY)/.installed:
-	$(PYTHON) -m venv $(INFINITY)
-	$(INFINITY)/bin/pip install $(PIP_FLAGS) "$(TORCH)"
-	$(INFINITY)/bin/pip install $(PIP_FLAGS) "$(INFINITY_EMB)" protobuf sentencepiece
-	touch $@
-
 clean:
-	rm -rf $(VENV) $(REF) $(FLOOR) $(INFINITY) .cache
+	rm -rf $(VENV) $(REF) $(FLOOR) $(INFINITY) $(LATEST) $(TOOLS) .cache
 
 # Records into benchmarks/results.json and redraws docs/img/benchmarks-cpu.png; update docs/benchmarks.md by hand.
 bench-cpu: $(REF)/.installed $(VENV)/.installed

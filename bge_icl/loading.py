@@ -314,9 +314,9 @@ def load_model(
             transformers.utils.logging.disable_progress_bar()
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
-            model = AutoModel.from_pretrained(
-                source, attn_implementation=attn_implementation, **{dtype_kwarg(): dtype}, **common
-            )
+            # One dict[str, Any]: transformers 5.25 types from_pretrained's keywords, and the dtype's name varies.
+            model_kwargs: dict[str, Any] = {dtype_kwarg(): dtype, "attn_implementation": attn_implementation, **common}
+            model = AutoModel.from_pretrained(source, **model_kwargs)
         except (OSError, HFValidationError) as e:  # 4.x raises HFValidationError for a missing absolute path
             raise _not_found(model_name_or_path, e) from e
         finally:
