@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from typing_extensions import Unpack
 
 from bge_icl.batching import copied_prefix_cost
+from bge_icl.choices import DEFAULT_PRECISION, Precision, check_precision
 from bge_icl.errors import OptionValueError
 from bge_icl.fingerprint import fingerprint
 from bge_icl.forward import ForwardPath, build_prefix_cache
@@ -44,7 +45,7 @@ from bge_icl.options import (
     positive_int,
 )
 from bge_icl.pooling import embedding_head
-from bge_icl.precision import Precision, apply_precision, check_calibration, check_precision
+from bge_icl.precision import apply_precision, check_calibration
 from bge_icl.prefix_cache import PrefixCache, attention_window
 from bge_icl.prompt_layout import PromptLayout
 from bge_icl.prompts import ICLExample
@@ -480,7 +481,7 @@ class ICLEmbedder(SentenceTransformersCompat):
         rows = self._rows if rows is None else positive_int("batch_size", rows)
         numpy = o.convert_to_numpy if numpy is None else flag("convert_to_numpy", numpy)
         items, single = as_text_list(texts)
-        precision = check_precision(call.get("precision") or "float32")
+        precision = check_precision(call.get("precision") or DEFAULT_PRECISION)
         calibration = check_calibration(precision, call.get("calibration"), self.dimension, len(items))
         request = self.prepare(items, kind, limit)
         self._report(request, call.get("on_truncation"))

@@ -12,14 +12,14 @@ Three paths embed a batch of token-id lists:
   The layers' own modules (norms, projections, rotary embedding, MLP) do the rest, so the weights and the math
   are the model's; only the attention kernel is replaced. Llama/Mistral decoder layout only.
 
-:class:`PrefixAttention` names the choices (the ``prefix_attention`` option); :meth:`ForwardPath.from_option`
-resolves one to the functions that run, once per embedder (as vLLM's ``PoolingMethod.from_pooling_type``).
+:class:`~bge_icl.choices.PrefixAttention` names the choices (the ``prefix_attention`` option, checked there);
+:meth:`ForwardPath.from_option` resolves one to the functions that run, once per embedder (as vLLM's
+``PoolingMethod.from_pooling_type``).
 :func:`build_prefix_cache` runs the prefix itself once.
 """
 
 from __future__ import annotations
 
-import enum
 import functools
 import itertools
 from collections.abc import Callable, Sequence
@@ -30,6 +30,7 @@ import torch
 
 from bge_icl.batching import RowCost, copied_prefix_cost, shared_prefix_cost
 from bge_icl.cascade_attention import SCORE_CHUNK, cascade_attention_chunked, cascade_attention_fused, has_fused_kernel
+from bge_icl.choices import PrefixAttention
 from bge_icl.errors import OptionValueError
 from bge_icl.pooling import last_token_pool
 from bge_icl.prefix_cache import PrefixCache
@@ -37,22 +38,6 @@ from bge_icl.transformers_compat import apply_rotary_pos_emb, cache_kwarg, cache
 
 _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
 _ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim")
-
-
-class PrefixAttention(str, enum.Enum):
-    """How cached queries attend to the few-shot prefix (the ``prefix_attention`` option)."""
-
-    AUTO = "auto"
-    """``shared`` where the model has the Llama/Mistral layout, else ``copy``."""
-    SHARED = "shared"
-    """One shared copy of the prefix, cascade attention with the device's best kernel (fused on the CPU)."""
-    SHARED_EXPLICIT = "shared-explicit"
-    """One shared copy, cascade attention with the explicit float32 kernel (the GPU kernel; for comparisons)."""
-    COPY = "copy"
-    """The prefix's keys/values copied to every row of the batch (any model; for comparisons)."""
-
-
-PREFIX_ATTENTION: tuple[str, ...] = tuple(p.value for p in PrefixAttention)
 
 
 def pad(
@@ -196,17 +181,13 @@ class ForwardPath:
     row_cost: RowCost
 
     @classmethod
-    def from_option(cls, prefix_attention: str, model: Any) -> ForwardPath:
-        """The path ``prefix_attention`` names, for ``model`` on its device.
+    def from_option(cls, prefix_attention: PrefixAttention | str, model: Any) -> ForwardPath:
+        """The path ``prefix_attention`` (a checked choice, :mod:`bge_icl.choices`) names, for ``model`` on its device.
 
         Raises:
-            OptionValueError: An unknown value, or a shared path asked of a model without the Llama/Mistral layout.
+            OptionValueError: A shared path asked of a model without the Llama/Mistral layout.
         """
-        try:
-            choice = PrefixAttention(prefix_attention)
-        except ValueError:
-            msg = f"prefix_attention={prefix_attention!r} is not supported; valid: {PREFIX_ATTENTION}"
-            raise OptionValueError(msg, option="prefix_attention", value=prefix_attention) from None
+        choice = PrefixAttention(prefix_attention)
         shared_ok = supports_shared_prefix(model)
         if choice is PrefixAttention.AUTO:
             choice = PrefixAttention.SHARED if shared_ok else PrefixAttention.COPY

@@ -7,7 +7,6 @@ adapter) with the same model, device, dtype and attention settings share one set
 from __future__ import annotations
 
 import importlib.util
-import numbers
 import os
 import re
 import threading
@@ -16,62 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import transformers
 from huggingface_hub.errors import HFValidationError
 
-from bge_icl.errors import OptionTypeError, OptionValueError
+from bge_icl.choices import DTYPE_SPELLINGS, check_attention, check_devices, check_dtype
+from bge_icl.errors import OptionValueError
 from bge_icl.tokenization import PromptTokenizer
 from bge_icl.transformers_compat import dtype_kwarg
 
-DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-}
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, canonical) for name, canonical in DTYPE_SPELLINGS.items()}
+"""Every accepted dtype name (:data:`bge_icl.choices.DTYPE_SPELLINGS`) -> its torch dtype."""
 DeviceSpec = str | int | torch.device | list[str] | list[int] | tuple[str | int, ...] | None
-
-
-def _device_entry(entry: Any) -> str | int:
-    if isinstance(entry, torch.device):
-        return str(entry)
-    if isinstance(entry, str):
-        return entry
-    if isinstance(entry, (bool, np.bool_)) or not isinstance(entry, numbers.Integral):
-        kind = type(entry).__name__
-        msg = f"devices entry {entry!r} is {kind}; expected a str like 'cpu'/'cuda:0' or an int GPU index"
-        raise OptionTypeError(msg, option="devices", value=entry)
-    return int(entry)
-
-
-def check_devices(devices: Any) -> str | int | tuple[str | int, ...] | None:
-    """``devices`` in the option's form (a str, an int, a tuple of them, or None), without looking at the hardware.
-
-    The one check of a ``devices`` value's type and shape: the option validates with it, and
-    :func:`resolve_devices` starts with it. A ``torch.device`` becomes its string, numpy ints ``int``, a list a tuple.
-
-    Raises:
-        OptionTypeError: A bool, or an entry that is not a str, int or ``torch.device``.
-        OptionValueError: An empty list.
-    """
-    if devices is None or isinstance(devices, str):
-        return devices
-    if isinstance(devices, (bool, np.bool_)):
-        msg = f"devices={devices!r} is not a device; use a str like 'cpu' or 'cuda:0', an int GPU index, or a list"
-        raise OptionTypeError(msg, option="devices", value=devices)
-    if isinstance(devices, (list, tuple)):
-        if not devices:
-            msg = "devices=[] names no device; use None (auto), 'cpu', 'cuda:0', 0, or a list of them"
-            raise OptionValueError(msg, option="devices", value=devices)
-        return tuple(_device_entry(entry) for entry in devices)
-    return _device_entry(devices)
 
 
 def resolve_devices(devices: DeviceSpec) -> list[str]:
@@ -120,19 +75,12 @@ def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     """``"auto"`` is float16 on a GPU and float32 on the CPU; otherwise the named dtype.
 
     Raises:
-        ValueError: An unknown dtype name or a non-floating torch dtype.
+        OptionValueError: An unknown dtype name or a non-floating torch dtype (:func:`~bge_icl.choices.check_dtype`).
     """
-    if isinstance(dtype, torch.dtype):
-        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            msg = f"dtype={dtype} is not supported; valid: 'auto', 'float16', 'bfloat16', 'float32'"
-            raise OptionValueError(msg, option="dtype", value=dtype)
-        return dtype
-    if dtype == "auto":
+    name = check_dtype(dtype)
+    if name == "auto":
         return torch.float32 if torch.device(device).type == "cpu" else torch.float16
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
-    msg = f"dtype={dtype!r} is not supported; valid: 'auto', {', '.join(repr(k) for k in DTYPES)} or a torch.dtype"
-    raise OptionValueError(msg, option="dtype", value=dtype)
+    return DTYPES[name]
 
 
 def resolve_attention(attn_implementation: str | None, device: str) -> str:
@@ -140,10 +88,7 @@ def resolve_attention(attn_implementation: str | None, device: str) -> str:
     if attn_implementation is None:
         on_gpu = torch.device(device).type == "cuda"
         return "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") else "sdpa"
-    if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
-        msg = f"attn_implementation={attn_implementation!r} is not supported; valid: {ATTENTION_IMPLEMENTATIONS}"
-        raise OptionValueError(msg, option="attn_implementation", value=attn_implementation)
-    return attn_implementation
+    return str(check_attention(attn_implementation))
 
 
 @dataclass(eq=False)

@@ -16,9 +16,8 @@ import difflib
 import numbers
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypedDict
 
-import numpy as np
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -31,10 +30,15 @@ from pydantic import (
     model_validator,
 )
 
+from bge_icl.choices import (
+    Precision,
+    check_attention,
+    check_devices,
+    check_dtype,
+    check_prefix_attention,
+    is_bool,
+)
 from bge_icl.errors import OptionError, OptionTypeError, OptionValueError
-from bge_icl.forward import PREFIX_ATTENTION
-from bge_icl.loading import DTYPES, check_devices, resolve_attention, resolve_dtype
-from bge_icl.precision import Precision
 from bge_icl.prompts import (
     DEFAULT_EXAMPLES_INSTRUCTION_FORMAT,
     DEFAULT_QUERY_INSTRUCTION_FORMAT,
@@ -44,6 +48,9 @@ from bge_icl.prompts import (
 )
 from bge_icl.quickstart import DEFAULT_MODEL
 from bge_icl.truncation import OnTruncation, check_mode
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MODEL_ALIASES = ("model_name", "model_name_or_path", "model")
 """The names the model option answers to: LangChain/LlamaIndex/Hugging Face (``model_name``), FlagEmbedding
@@ -92,7 +99,7 @@ class FrozenOptionError(AttributeError):
 
 def _index(value: Any) -> int | None:
     """``value`` as an int when it is an integer (numpy ones included) and not a bool, else None."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if is_bool(value) or not isinstance(value, numbers.Integral):
         return None
     return int(value)
 
@@ -116,7 +123,7 @@ def flag(name: str, value: Any, nullable: bool = False) -> bool:
     Raises:
         TypeError: Anything else; the message names ``name`` and the value.
     """
-    if not isinstance(value, (bool, np.bool_)):
+    if not is_bool(value):
         msg = f"{name} must be a bool{' or None' if nullable else ''}, got {value!r}"
         raise OptionTypeError(msg, option=name, value=value)
     return bool(value)
@@ -283,28 +290,22 @@ class EmbedderOptions(BaseModel):
     @field_validator("prefix_attention", mode="before")
     @classmethod
     def _prefix_attention(cls, value: Any) -> str:
-        if value not in PREFIX_ATTENTION:
-            msg = f"prefix_attention={value!r} is not supported; valid: {PREFIX_ATTENTION}"
-            raise OptionValueError(msg, option="prefix_attention", value=value)
-        return str(value)
+        return check_prefix_attention(value)
 
     @field_validator("dtype", mode="before")
     @classmethod
     def _dtype(cls, value: Any) -> str:
-        if value == "auto":
-            return "auto"
-        resolved = resolve_dtype(value, "cpu")  # raises with the valid names
-        return next(name for name, dtype in DTYPES.items() if dtype == resolved)  # the canonical name
+        return check_dtype(value)
 
     @field_validator("attn_implementation", mode="before")
     @classmethod
     def _attention(cls, value: Any) -> str | None:
-        return None if value is None else resolve_attention(value, "cpu")  # raises with the valid names
+        return check_attention(value)
 
     @field_validator("batch_wait_ms", mode="before")
     @classmethod
     def _milliseconds(cls, value: Any, info: ValidationInfo) -> float:
-        number = None if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) else float(value)
+        number = None if is_bool(value) or not isinstance(value, numbers.Real) else float(value)
         if number is None or not 0 <= number < float("inf"):
             msg = f"{info.field_name} must be a number of milliseconds >= 0, got {value!r}"
             raise OptionValueError(msg, option=str(info.field_name), value=value)
@@ -380,6 +381,39 @@ class EmbedderOptions(BaseModel):
 
 
 EmbedderOptions.OPTION_NAMES = tuple(EmbedderOptions.model_fields)
+
+
+class Declared(NamedTuple):
+    """One option as :class:`EmbedderOptions` declares it, for the edges that offer it (flags, config fields).
+
+    Attributes:
+        name: The option's name.
+        default: Its default (None where the core decides at build, from the device).
+        doc: Its docstring, as declared.
+    """
+
+    name: str
+    default: Any
+    doc: str
+
+    @property
+    def help(self) -> str:
+        """The doc on one line without reST quotes, for a command line's ``--help``."""
+        return " ".join(self.doc.replace("``", "").split())
+
+
+def declared(name: str) -> Declared:
+    """The declaration of option ``name`` (its default and doc), read from :class:`EmbedderOptions`.
+
+    Raises:
+        KeyError: ``name`` is not an option.
+
+    Example:
+        >>> declared("query_max_length").default
+        512
+    """
+    field = EmbedderOptions.model_fields[name]
+    return Declared(name, field.default, field.description or "")
 
 
 def frozen_message(name: str) -> str:

@@ -19,36 +19,15 @@ finite with min <= max in every dimension. ``binary`` / ``ubinary`` need no cali
 from __future__ import annotations
 
 import importlib
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from bge_icl.choices import PRECISIONS, Precision, check_precision
 from bge_icl.errors import OptionValueError
 
-Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
-PRECISIONS: tuple[Precision, ...] = ("float32", "int8", "uint8", "binary", "ubinary")
+__all__ = ["PRECISIONS", "Precision", "apply_precision", "calibration_ranges", "check_precision", "quantize"]
 EXTRA_HINT = "pip install 'bge-icl[sentence-transformers]'"
-
-
-def check_precision(precision: object) -> Precision:
-    """``precision`` if valid, else ValueError naming the valid ones."""
-    if precision not in PRECISIONS:
-        msg = f"precision={precision!r} is not supported; valid: {PRECISIONS}"
-        raise OptionValueError(msg, option="precision", value=precision)
-    return precision
-
-
-def bytes_per_vector(precision: Precision, dimension: int) -> int:
-    """Storage of one vector: 4 bytes a dimension in float32, 1 in (u)int8, 1 bit in (u)binary.
-
-    Example:
-        >>> [bytes_per_vector(p, 4096) for p in PRECISIONS]
-        [16384, 4096, 4096, 512, 512]
-    """
-    check_precision(precision)
-    if precision == "float32":
-        return 4 * dimension
-    return dimension if precision.endswith("int8") else (dimension + 7) // 8
 
 
 def calibration_ranges(vectors: np.ndarray) -> np.ndarray:

@@ -18,7 +18,8 @@ from typing import Any, Protocol, cast
 import numpy as np
 import torch
 
-from bge_icl.loading import ATTENTION_IMPLEMENTATIONS, adopt_model
+from bge_icl.choices import ATTENTION_IMPLEMENTATIONS
+from bge_icl.loading import adopt_model
 from bge_icl.options import MODEL_ALIASES, EmbedderOptions
 from bge_icl.precision import Precision
 

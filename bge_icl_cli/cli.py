@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from bge_icl.choices import DEFAULT_PRECISION, PRECISIONS
 from bge_icl.kinds import kind_of
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION
 from bge_icl_cli.calibration import check_width, plan_calibration, quantize_run
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
 
 
 SEARCH_SUFFIXES = (".txt", ".md")
-# bge_icl.precision.PRECISIONS, spelled out: the parser answers --help without importing numpy (a test compares them).
-PRECISION_CHOICES = ("float32", "int8", "uint8", "binary", "ubinary")
 INPUT_SUFFIXES = (".txt", ".jsonl")
 # Folders `search` skips unless --include-hidden: hidden ones (a leading dot) and these dependency/build folders.
 SKIPPED_FOLDERS = frozenset({"node_modules", "venv", "env", "site-packages", "__pycache__", "build", "dist"})
@@ -317,9 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     batching_options(embed, per_kind=False)
     embed.add_argument(
         "--precision",
-        choices=PRECISION_CHOICES,
-        default="float32",
-        help="output precision (int8/uint8/binary/ubinary need bge-icl[sentence-transformers]; default float32)",
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help=f"output precision (all but {DEFAULT_PRECISION} need bge-icl[sentence-transformers]; default "
+        f"{DEFAULT_PRECISION})",
     )
     embed.add_argument(
         "--calibration",

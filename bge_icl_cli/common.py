@@ -14,16 +14,15 @@ import importlib.resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bge_icl.choices import DTYPES
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample, validate_examples
-from bge_icl.quickstart import DEFAULT_MODEL, bundled_example_sets, bundled_examples
+from bge_icl.quickstart import bundled_example_sets, bundled_examples
 from bge_icl_cli.diagnostics import one_line, option_words
 from bge_icl_cli.errors import EXIT_MODEL, CliError
 from bge_icl_cli.files import read_json
 
 if TYPE_CHECKING:
     from bge_icl.encoder import ICLEmbedder
-
-DEFAULT_BATCH_SIZE = 32
 
 
 def data_file(*parts: str) -> Any:
@@ -93,26 +92,35 @@ def require(module: str, what: str, extra: str) -> Any:
 
 
 def model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint directory (default {DEFAULT_MODEL})"
-    )
+    """``--model``, ``--devices``, ``--dtype`` (the core's options, with its defaults) and ``--quiet``."""
+    from bge_icl.options import declared  # pydantic: once main() runs, so that Ctrl-C while importing exits 130
+
+    model, dtype = declared("model_name"), declared("dtype")
+    p.add_argument("--model", default=model.default,
+                   help=f"hub id or local checkpoint directory (default {model.default})")  # fmt: skip
     p.add_argument("--devices", default=None, help="cpu, cuda:0 or a GPU index (default: first GPU, else CPU)")
-    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), float16, bfloat16, float32")
+    p.add_argument("--dtype", default=dtype.default, help=f"{', '.join(('auto', *DTYPES))}; {dtype.help}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (model loading included)")
 
 
 def batching_options(p: argparse.ArgumentParser, *, per_kind: bool) -> None:
-    """``--batch-size`` and the token limits: one ``--max-length`` (embed), or one per kind (evaluate)."""
+    """``--batch-size`` and the token limits: one ``--max-length`` (embed), or one per kind (evaluate).
+
+    Each defaults to None: the core's option decides (:func:`bge_icl.options.declared`).
+    """
+    from bge_icl.options import declared
+
+    query, passage = declared("query_max_length"), declared("passage_max_length")
     if per_kind:
-        p.add_argument("--query-max-length", type=int, default=None, help="query token limit (default 512)")
-        p.add_argument("--passage-max-length", type=int, default=None, help="passage token limit (default 512)")
+        p.add_argument("--query-max-length", type=int, default=None,
+                       help=f"query token limit (default {query.default})")  # fmt: skip
+        p.add_argument("--passage-max-length", type=int, default=None,
+                       help=f"passage token limit (default {passage.default})")  # fmt: skip
     else:
-        p.add_argument(
-            "--max-length", type=int, default=None, help="token limit (query_/passage_max_length, default 512)"
-        )
-    p.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="most texts per forward pass (default 32)"
-    )
+        p.add_argument("--max-length", type=int, default=None,
+                       help=f"token limit (query_max_length {query.default} / passage_max_length {passage.default} "
+                            "by default)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=None, help=declared("batch_size").help)
 
 
 def prompt_options(p: argparse.ArgumentParser) -> None:

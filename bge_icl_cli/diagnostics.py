@@ -70,9 +70,9 @@ def option_words(error: OptionError, flags: Flags) -> str:
         room = "the query" if error.option == "query_max_length" else "text next to the special tokens"
         return f"{flag}={value} leaves no room for {room} (BOS, EOS and the query suffix count); raise it"
     if error.option == "dtype":
-        from bge_icl.loading import DTYPES
+        from bge_icl.choices import DTYPE_SPELLINGS
 
-        return f"{flag} {value} is not supported; valid: {', '.join(repr(name) for name in ('auto', *DTYPES))}"
+        return f"{flag} {value} is not supported; valid: {', '.join(repr(n) for n in ('auto', *DTYPE_SPELLINGS))}"
     if error.option == "devices":
         import torch
 

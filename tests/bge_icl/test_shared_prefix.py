@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from bge_icl import ICLEmbedder
 from bge_icl.batching import shared_prefix_cost
 from bge_icl.cascade_attention import cascade_attention, cascade_attention_fused, has_fused_kernel
-from bge_icl.forward import PrefixAttention
+from bge_icl.choices import PrefixAttention
 from tests.bge_icl.cases import LONG_QUERY, QUERIES, UNICODE, WEB
 from tests.conftest import NOTEBOOK_EXAMPLES
 

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
-from bge_icl.precision import PRECISIONS, calibration_ranges, quantize
+from bge_icl.precision import calibration_ranges, quantize
 from bge_icl.quickstart import DOCUMENTS, EXAMPLES, QUERIES
-from bge_icl_cli.cli import PRECISION_CHOICES
 from tests.bge_icl_cli.test_cli import CPU, run
 
 pytest.importorskip("sentence_transformers")
@@ -59,10 +58,6 @@ def test_ubinary_to_jsonl(capsys: pytest.CaptureFixture[str], tiny_dir: Path, fi
     floats = ICLEmbedder(str(tiny_dir), devices="cpu").encode_corpus(files[0].read_text().splitlines())
     assert rows == quantize(floats, "ubinary").tolist()
     assert len(rows[0]) == 8  # 64 dimensions, one bit each
-
-
-def test_the_cli_offers_the_core_precisions() -> None:
-    assert PRECISION_CHOICES == PRECISIONS
 
 
 @pytest.mark.parametrize(
