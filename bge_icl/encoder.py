@@ -29,10 +29,12 @@ from typing_extensions import Unpack
 
 from bge_icl.batching import copied_prefix_cost
 from bge_icl.choices import DEFAULT_PRECISION, Precision, check_precision
+from bge_icl.counters import Counters
 from bge_icl.errors import OptionValueError
 from bge_icl.fingerprint import fingerprint
 from bge_icl.forward import ForwardPath, build_prefix_cache
 from bge_icl.inputs import as_text_list
+from bge_icl.job import Job, Lane, Rows
 from bge_icl.kinds import KINDS, Kind, check_kind
 from bge_icl.loading import LoadedModel, load_replicas
 from bge_icl.options import (
@@ -49,7 +51,7 @@ from bge_icl.precision import apply_precision, check_calibration
 from bge_icl.prefix_cache import PrefixCache, attention_window
 from bge_icl.prompt_layout import PromptLayout
 from bge_icl.prompts import ICLExample
-from bge_icl.scheduler import Counters, Job, Lane, Rows, scheduler_for
+from bge_icl.scheduler import Scheduler, scheduler_for
 from bge_icl.st_compat import SentenceTransformersCompat
 from bge_icl.tokenization import Tokenized
 from bge_icl.truncation import OnTruncation, TruncationError, TruncationWarning, check_mode, report_truncation
@@ -112,7 +114,7 @@ class Request:
         ids: Each text's token ids, special tokens (and a query's few-shot prefix) included.
         truncated: Indices of the texts that were cut.
         limit: The length limit applied, as (its option name, its value), for the truncation report.
-        groups: The rows per lane (:class:`~bge_icl.scheduler.Rows`): cached queries on their prefix's lane,
+        groups: The rows per lane (:class:`~bge_icl.job.Rows`): cached queries on their prefix's lane,
             then the rows that run whole (passages, and queries that do not continue the prefix).
     """
 
@@ -234,6 +236,11 @@ class ICLEmbedder(SentenceTransformersCompat):
     def replicas(self) -> tuple[LoadedModel, ...]:
         """The loaded models, one per ``devices`` entry; shared with other embedders of the same weights."""
         return self._scheduler.replicas
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The scheduler of these weights, shared with every embedder on them (admission: ``is_overloaded``)."""
+        return self._scheduler
 
     @property
     def dimension(self) -> int:
@@ -492,7 +499,7 @@ class ICLEmbedder(SentenceTransformersCompat):
     def _job(self, request: Request, rows: int | None, progress: Any = None) -> Job:
         """The scheduler's job for ``request`` (stage 2 runs there, in passes shared with other calls)."""
         if request.kind == "queries":
-            cached = sum(len(g.rows) for g in request.groups if g.lane.skip)
+            cached = sum(len(g.indices) for g in request.groups if g.lane.skip)
             self._layout.caches.count(cached, len(request) - cached)
         wait = self._options.batch_wait_ms / 1000
         return Job(request.ids, request.groups, self._head, self.dimension, self._budget, rows, wait, progress,
@@ -500,7 +507,7 @@ class ICLEmbedder(SentenceTransformersCompat):
 
     def _run(self, request: Request, show: bool | None, rows: int | None) -> np.ndarray:  # (N, D)
         """Run ``request`` through the scheduler; the vectors come back in input order."""
-        cost = sum(len(g.rows) * g.lane.row_cost(max(g.lengths, default=0), g.lane.skip) for g in request.groups)
+        cost = sum(len(g.indices) * g.lane.row_cost(max(g.lengths, default=0), g.lane.skip) for g in request.groups)
         several = cost > self._budget or (rows is not None and len(request) > rows)  # more than one pass
         disable = (not show) if show is not None else (True if not several else None)
         with tqdm(total=len(request), desc=f"Embedding {request.kind}", unit="text", disable=disable) as bar:

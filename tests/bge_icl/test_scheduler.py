@@ -14,8 +14,11 @@ import pytest
 import torch
 
 from bge_icl.batching import copied_prefix_cost, shared_prefix_cost
+from bge_icl.counters import Counters
+from bge_icl.job import Job, Lane, Rows
 from bge_icl.loading import LoadedModel
-from bge_icl.scheduler import STARVATION_PASSES, Counters, Job, Lane, Rows, Scheduler
+from bge_icl.scheduler import Scheduler
+from bge_icl.scheduling import STARVATION_PASSES
 
 H = 3
 
@@ -211,7 +214,7 @@ def test_a_cancelled_call_drops_the_rows_that_have_not_run(scheduler: Scheduler,
     assert model.started.wait(5)
     scheduler.cancel(job)
     model.gate.set()
-    assert job.done.wait(5) and job.cancelled
+    assert job.future.cancelled() and job.cancelled
     later = scheduler.submit(_job(lane, [99], [4]))
     _check(later, [99])
     assert [t for p in model.passes for t in p] == [0, 1, 99]  # the running pass finished; nothing else of it ran
@@ -245,9 +248,9 @@ def test_counters_count_rows_passes_and_queue(scheduler: Scheduler, model: FakeM
 
 
 def test_workers_leave_when_idle_and_come_back(monkeypatch: pytest.MonkeyPatch, model: FakeModel) -> None:
-    import bge_icl.scheduler as scheduling
+    import bge_icl.workers
 
-    monkeypatch.setattr(scheduling, "IDLE_SECONDS", 0.05)
+    monkeypatch.setattr(bge_icl.workers, "IDLE_SECONDS", 0.05)
     scheduler = Scheduler([_loaded()])
     _check(scheduler.submit(_job(_lane(model), [1], [2])), [1])
     deadline = time.monotonic() + 5
