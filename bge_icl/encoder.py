@@ -27,14 +27,13 @@ import torch
 from tqdm.auto import tqdm
 from typing_extensions import Unpack
 
-from bge_icl.batching import copied_prefix_cost
 from bge_icl.choices import DEFAULT_PRECISION, Precision, check_precision
 from bge_icl.counters import Counters
 from bge_icl.errors import OptionValueError
 from bge_icl.fingerprint import fingerprint
-from bge_icl.forward import ForwardPath, build_prefix_cache
+from bge_icl.forward import ForwardPath
 from bge_icl.inputs import as_text_list
-from bge_icl.job import Job, Lane, Rows
+from bge_icl.job import Job, Rows
 from bge_icl.kinds import KINDS, Kind, check_kind
 from bge_icl.loading import LoadedModel, load_replicas
 from bge_icl.options import (
@@ -46,11 +45,11 @@ from bge_icl.options import (
     frozen_message,
     positive_int,
 )
-from bge_icl.pooling import embedding_head
 from bge_icl.precision import apply_precision, check_calibration
-from bge_icl.prefix_cache import PrefixCache, attention_window
+from bge_icl.prefix_cache import PrefixKV, attention_window
 from bge_icl.prompt_layout import PromptLayout
 from bge_icl.prompts import ICLExample
+from bge_icl.runner import Runner
 from bge_icl.scheduler import Scheduler, scheduler_for
 from bge_icl.st_compat import SentenceTransformersCompat
 from bge_icl.tokenization import Tokenized
@@ -186,12 +185,10 @@ class ICLEmbedder(SentenceTransformersCompat):
         self._counters = Counters(len(replicas))
         self._budget = o.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS.get(first.device.type, 65536)
         self._rows = o.batch_size or DEFAULT_BATCH_SIZE.get(first.device.type)
-        self._path = ForwardPath.from_option(o.prefix_attention, first.model)
         self._passage_limit(o.passage_max_length, "passage_max_length")
         self._layout = PromptLayout.build(o, first.tokenizer, attention_window(first.model))
-        self._whole = Lane(("whole",), 0, copied_prefix_cost, self._forward_whole)
-        self._cached = Lane(("prefix", self._layout.caches, self._path.attention, self._path.kernel),
-                            len(self._layout.cached_ids or ()), self._path.row_cost, self._forward_cached)  # fmt: skip
+        path = ForwardPath.from_option(o.prefix_attention, first.model)
+        self._runner = Runner(path, self._layout.cached_ids, o.truncate_dim, o.normalize_embeddings)
 
     def __getattr__(self, name: str) -> Any:
         if name in EmbedderOptions.OPTION_NAMES:
@@ -230,7 +227,12 @@ class ICLEmbedder(SentenceTransformersCompat):
     @property
     def forward_path(self) -> ForwardPath:
         """The forward path cached queries run on (``prefix_attention`` resolved for this model and device)."""
-        return self._path
+        return self._runner.path
+
+    @property
+    def runner(self) -> Runner:
+        """What this embedder runs on its weights: the forward path, the prefix KV, the head, its lanes."""
+        return self._runner
 
     @property
     def replicas(self) -> tuple[LoadedModel, ...]:
@@ -284,31 +286,27 @@ class ICLEmbedder(SentenceTransformersCompat):
         return None if ids is None else len(ids)
 
     @property
-    def prefix_caches(self) -> dict[int, PrefixCache]:
-        """The prefix key/value caches built so far, by replica index (a snapshot)."""
-        return self._layout.caches.caches
+    def prefix_kv(self) -> dict[int, PrefixKV]:
+        """The prefix KV built so far, by replica index (a snapshot)."""
+        return self._runner.kv.snapshot()
 
     @property
     def stats(self) -> Stats:
         """Counters of the prefix cache and of the replicas' work so far."""
-        c = self._layout.caches
-        return Stats(c.hits, c.misses, c.builds, *self._counters.snapshot())
+        kv = self._runner.kv
+        return Stats(kv.hits, kv.misses, kv.builds, *self._counters.snapshot())
 
     @property
     def scheduler_stats(self) -> Stats:
         """:attr:`stats` of every embedder on these weights together (they share the scheduler and its passes): what
         a server reports. The prefix counters are this embedder's."""
-        c = self._layout.caches
-        return Stats(c.hits, c.misses, c.builds, *self._scheduler.counters.snapshot())
+        kv = self._runner.kv
+        return Stats(kv.hits, kv.misses, kv.builds, *self._scheduler.counters.snapshot())
 
     def warm_up(self) -> None:
         """Build the few-shot prefix's key/value cache on every replica now (a server's start-up), not on each
         replica's first query pass; embeds nothing."""
-        if self._layout.cached_ids is None:
-            return
-        for i, loaded in enumerate(self._scheduler.replicas):
-            with loaded.lock:
-                self._layout.caches.cache_on(i, loaded.model, build_prefix_cache)
+        self._runner.warm_up(self._scheduler.replicas)
 
     def fingerprint(self, kind: Kind) -> str:
         """sha256 of everything that determines a ``kind`` vector (:func:`bge_icl.fingerprint.fingerprint`):
@@ -435,26 +433,9 @@ class ICLEmbedder(SentenceTransformersCompat):
         name = "query_max_length" if check_kind(kind) == "queries" else "passage_max_length"
         limit = (name, getattr(self._options, name)) if max_length is None else ("max_length", max_length)
         tokenized = (self.tokenize_queries if kind == "queries" else self.tokenize_corpus)(texts, max_length)
-        ids = tokenized.ids
-        if kind == "passages":
-            groups = [(list(range(len(ids))), [len(x) for x in ids], 0)]
-        else:
-            groups = self._layout.caches.split(ids, attention_window(self._scheduler.replicas[0].model))
-        lanes = tuple(Rows(self._cached if skip else self._whole, rows, lengths) for rows, lengths, skip in groups)
-        return Request(kind, ids, tokenized.truncated, limit, lanes)
-
-    def _forward_whole(self, replica: int, loaded: LoadedModel, ids: list[Sequence[int]]) -> torch.Tensor:
-        """Stage 2, whole prompts: one forward pass of rows from any calls on these weights -> (B, H) pooled."""
-        return self._path.pooled(loaded.model, ids, loaded.tokenizer.pad_id, None)
-
-    def _forward_cached(self, replica: int, loaded: LoadedModel, ids: list[Sequence[int]]) -> torch.Tensor:
-        """Stage 2, cached queries: one pass of this prefix's queries (any calls of this layout) -> (B, H) pooled."""
-        prefix = self._layout.caches.cache_on(replica, loaded.model, build_prefix_cache)
-        return self._path.pooled(loaded.model, ids, loaded.tokenizer.pad_id, prefix)
-
-    def _head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Stage 2, this call's part of a pass: (B, H) pooled -> (B, D) float32 vectors (cut, normalized)."""
-        return embedding_head(pooled, self._options.truncate_dim, self._options.normalize_embeddings)
+        window = attention_window(self._scheduler.replicas[0].model)
+        rows = self._runner.rows(tokenized.ids, kind == "queries", window)
+        return Request(kind, tokenized.ids, tokenized.truncated, limit, rows)
 
     def finish(self, vectors: np.ndarray, precision: Precision, calibration: np.ndarray | None, numpy: bool,
                single: bool) -> Vectors:  # fmt: skip
@@ -499,10 +480,9 @@ class ICLEmbedder(SentenceTransformersCompat):
     def _job(self, request: Request, rows: int | None, progress: Any = None) -> Job:
         """The scheduler's job for ``request`` (stage 2 runs there, in passes shared with other calls)."""
         if request.kind == "queries":
-            cached = sum(len(g.indices) for g in request.groups if g.lane.skip)
-            self._layout.caches.count(cached, len(request) - cached)
+            self._runner.count(request.groups)
         wait = self._options.batch_wait_ms / 1000
-        return Job(request.ids, request.groups, self._head, self.dimension, self._budget, rows, wait, progress,
+        return Job(request.ids, request.groups, self._runner.head, self.dimension, self._budget, rows, wait, progress,
                    self._counters)
 
     def _run(self, request: Request, show: bool | None, rows: int | None) -> np.ndarray:  # (N, D)

@@ -98,8 +98,9 @@ class FlagICLModel(ICLEmbedder):
         with contextlib.ExitStack() as held:  # no batch of this embedder runs while its prompt changes
             for replica in self.replicas:
                 held.enter_context(replica.lock)
-            object.__setattr__(self, "_options", fresh._options)
-            object.__setattr__(self, "_layout", fresh._layout)
+            object.__setattr__(self, "_options", fresh.options)
+            object.__setattr__(self, "_layout", fresh.layout)
+            object.__setattr__(self, "_runner", fresh.runner)
 
     def get_model_torch_dtype(self) -> torch.dtype:
         """The model's dtype, fixed at load."""

@@ -15,7 +15,7 @@ Three paths embed a batch of token-id lists:
 :class:`~bge_icl.choices.PrefixAttention` names the choices (the ``prefix_attention`` option, checked there);
 :meth:`ForwardPath.from_option` resolves one to the functions that run, once per embedder (as vLLM's
 ``PoolingMethod.from_pooling_type``).
-:func:`build_prefix_cache` runs the prefix itself once.
+:func:`build_prefix_kv` runs the prefix itself once.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from bge_icl.cascade_attention import SCORE_CHUNK, cascade_attention_chunked, ca
 from bge_icl.choices import PrefixAttention
 from bge_icl.errors import OptionValueError
 from bge_icl.pooling import last_token_pool
-from bge_icl.prefix_cache import PrefixCache
+from bge_icl.prefix_cache import PrefixKV
 from bge_icl.transformers_compat import apply_rotary_pos_emb, cache_kwarg, cache_layers, new_cache, rotary_embedding
 
 _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
@@ -77,7 +77,7 @@ def forward_whole(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
 
 
 def forward_copied_prefix(
-    model: Any, prefix: PrefixCache, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: Any, prefix: PrefixKV, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
     """Last hidden states of query tokens that continue ``prefix``, the prefix's keys/values copied per row.
 
@@ -106,7 +106,7 @@ def forward_copied_prefix(
 
 
 def forward_shared_prefix(
-    model: Any, prefix: PrefixCache, input_ids: torch.Tensor, attention_mask: torch.Tensor, fused: bool
+    model: Any, prefix: PrefixKV, input_ids: torch.Tensor, attention_mask: torch.Tensor, fused: bool
 ) -> torch.Tensor:
     """Last hidden states of query tokens that continue ``prefix``, attending to one shared copy of it.
 
@@ -150,17 +150,17 @@ def forward_shared_prefix(
 
 
 @torch.inference_mode()
-def build_prefix_cache(model: Any, ids: Sequence[int]) -> PrefixCache:
+def build_prefix_kv(model: Any, ids: Sequence[int]) -> PrefixKV:
     """Run ``ids`` through ``model`` once and keep the keys and values of every layer."""
     device = next(model.parameters()).device
     input_ids = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, P)
     position_ids = torch.arange(len(ids), device=device)[None]  # (1, P)
     out = model(input_ids=input_ids, position_ids=position_ids, use_cache=True)
     cache = out.get("cache", None) or out.get("past_key_values", None)
-    return PrefixCache(tuple(ids), cache_layers(cache))  # each layer: (1, kv_heads, P, head_dim) twice
+    return PrefixKV(tuple(ids), cache_layers(cache))  # each layer: (1, kv_heads, P, head_dim) twice
 
 
-PrefixForward = Callable[[Any, PrefixCache, torch.Tensor, torch.Tensor], torch.Tensor]
+PrefixForward = Callable[[Any, PrefixKV, torch.Tensor, torch.Tensor], torch.Tensor]
 """(model, prefix, tail ids (B, T), tail mask (B, T)) -> last hidden states (B, T, H)."""
 
 
@@ -206,7 +206,7 @@ class ForwardPath:
 
     @torch.inference_mode()
     def pooled(
-        self, model: Any, batch: Sequence[Sequence[int]], pad_id: int, prefix: PrefixCache | None
+        self, model: Any, batch: Sequence[Sequence[int]], pad_id: int, prefix: PrefixKV | None
     ) -> torch.Tensor:
         """The last-token hidden states of one batch, shape (B, H) in the model's dtype, on its device.
 

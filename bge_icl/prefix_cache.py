@@ -1,10 +1,16 @@
-"""The few-shot prefix's key/value caches: run the constant query start once per replica, reuse it for every query.
+"""The few-shot prefix's keys and values (KV): run the constant query start once per replica, reuse it for every query.
+
+One word per meaning: the *prefix* is the few-shot text (:attr:`PromptLayout.prefix`), the *prefix ids* are the
+token ids every query starts with (:attr:`PromptLayout.cached_ids`), the *prefix KV* are their keys and values
+(:class:`PrefixKV`, kept per replica in a :class:`PrefixKVStore` that the embedder's runner owns,
+:mod:`bge_icl.runner`). The options keep their names: ``prefix_cache`` (reuse the prefix KV) and
+``prefix_attention`` (how cached queries attend to it).
 
 Every ICL query starts with the same tokens: BOS, the formatted examples, and the instruction up to the
 ``<query>`` special token, often 200-600 tokens against 5-30 of the query itself. Which ids those are is decided
-once, at setup (:class:`~bge_icl.prompt_layout.PromptLayout`); here each replica runs them through the model on its
-first prefix batch (:func:`bge_icl.forward.build_prefix_cache`), and each query batch then feeds only its own
-tokens, attending to the cached keys and values.
+once, at setup (:class:`~bge_icl.prompt_layout.PromptLayout`); each replica runs them through the model on its
+first prefix batch (:func:`bge_icl.forward.build_prefix_kv`), and each query batch then feeds only its own
+tokens, attending to the prefix KV.
 
 Memory: one copy of the prefix's keys and values per embedder (per example set) and replica, ``2 x layers x
 kv_heads x head_dim x P`` values; for bge-en-icl in float16, 128 KiB per prefix token (about 64 MiB for a
@@ -14,7 +20,7 @@ kv_heads x head_dim x P`` values; for bge-en-icl in float16, 128 KiB per prefix 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +30,8 @@ Group = tuple[list[int], list[int], int]  # input indices, their lengths to run,
 
 
 @dataclass(frozen=True)
-class PrefixCache:
-    """Token ids of the constant prompt start and their per-layer keys and values.
+class PrefixKV:
+    """The prefix ids and their per-layer keys and values.
 
     Attributes:
         ids: The cached token ids, BOS included.
@@ -54,53 +60,54 @@ def attention_window(model: Any) -> int | None:
     return int(window) if window else None
 
 
-class PrefixCaches:
-    """One embedder's prefix caches, one per replica, and which queries run on them.
+def split_on_prefix(
+    ids: Sequence[Sequence[int]], prefix_ids: tuple[int, ...] | None, window: int | None
+) -> list[Group]:
+    """Rows per path: queries that continue ``prefix_ids`` (and fit ``window``), then the rest, run whole.
 
-    Counters: queries run on the cache (``hits``), as whole prompts although a prefix is cached (``misses``),
-    and caches built (``builds``).
+    Returns:
+        ``(indices, lengths to run, prefix tokens before them)`` per group; one whole group without prefix ids.
+    """
+    everything = list(range(len(ids)))
+    if prefix_ids is None:
+        return [(everything, [len(x) for x in ids], 0)]
+    P = len(prefix_ids)
+    hits = [i for i in everything if starts_with(ids[i], prefix_ids, window)]
+    misses = sorted(set(everything) - set(hits))
+    return [(hits, [len(ids[i]) - P for i in hits], P), (misses, [len(ids[i]) for i in misses], 0)]
 
-    Args:
-        ids: The cached prefix ids (:attr:`PromptLayout.cached_ids`); None: every query runs whole.
+
+class PrefixKVStore:
+    """One embedder's prefix KV, one per replica, and its counters (thread-safe).
+
+    Counters: queries run on the prefix KV (``hits``), as whole prompts although prefix ids are cached (``misses``),
+    and prefix KV built (``builds``).
     """
 
-    def __init__(self, ids: tuple[int, ...] | None) -> None:
-        self.ids = ids
-        self._caches: dict[int, PrefixCache] = {}
+    def __init__(self) -> None:
+        self._kv: dict[int, PrefixKV] = {}
         self._lock = threading.Lock()
         self.hits = self.misses = self.builds = 0
 
-    @property
-    def caches(self) -> dict[int, PrefixCache]:
-        """The caches built so far, by replica index (a copy)."""
+    def snapshot(self) -> dict[int, PrefixKV]:
+        """The prefix KV built so far, by replica index (a copy)."""
         with self._lock:
-            return dict(self._caches)
+            return dict(self._kv)
 
-    def split(self, ids: Sequence[Sequence[int]], window: int | None) -> list[Group]:
-        """Batching groups: queries that continue the prefix (and fit ``window``), then the rest, run whole."""
-        everything = list(range(len(ids)))
-        if self.ids is None:
-            return [(everything, [len(x) for x in ids], 0)]
-        P = len(self.ids)
-        hits = [i for i in everything if starts_with(ids[i], self.ids, window)]
-        misses = sorted(set(everything) - set(hits))
-        return [(hits, [len(ids[i]) - P for i in hits], P), (misses, [len(ids[i]) for i in misses], 0)]
+    def get(self, replica: int) -> PrefixKV | None:
+        """``replica``'s prefix KV, None before it is built."""
+        with self._lock:
+            return self._kv.get(replica)
+
+    def put(self, replica: int, kv: PrefixKV) -> PrefixKV:
+        """Keep ``kv`` as ``replica``'s (counted as a build); returns it."""
+        with self._lock:
+            self._kv[replica] = kv
+            self.builds += 1
+        return kv
 
     def count(self, hits: int, misses: int) -> None:
-        """Count queries that run on the cache (``hits``) and queries that run whole although it exists."""
-        if self.ids is None:
-            return
+        """Count queries that run on the prefix KV (``hits``) and queries that run whole beside it (``misses``)."""
         with self._lock:
             self.hits += hits
             self.misses += misses
-
-    def cache_on(self, replica: int, model: Any, build: Callable[[Any, tuple[int, ...]], PrefixCache]) -> PrefixCache:
-        """The cache on one replica, built with ``build(model, ids)`` on first use; call under that replica's lock."""
-        cache = self._caches.get(replica)
-        if cache is None:
-            assert self.ids is not None, "split() puts no query on the prefix path when nothing is cached"
-            cache = build(model, self.ids)
-            with self._lock:
-                self._caches[replica] = cache
-                self.builds += 1
-        return cache

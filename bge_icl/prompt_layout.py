@@ -10,11 +10,10 @@ the query's own part is tokenized per call (:class:`~bge_icl.tokenization.Prefix
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bge_icl.errors import OptionValueError
 from bge_icl.options import EmbedderOptions, positive_int
-from bge_icl.prefix_cache import PrefixCaches
 from bge_icl.prompts import ICLExample, build_prefix, format_query, validate_examples
 from bge_icl.tokenization import PrefixSplit, PromptTokenizer, QueryPlan, Tokenized
 
@@ -71,8 +70,9 @@ class PromptLayout:
             window).
         split: Where prompt strings split into the cached part (ids known) and the rest (tokenized per call);
             None: every prompt is tokenized whole.
-        caches: The key/value caches of :attr:`cached_ids`, one per replica, built on each replica's first prefix
-            batch (the layout's only state: its own caches, never another layout's).
+
+    The layout holds no state: the prefix KV of :attr:`cached_ids` live in the embedder's runner
+    (:class:`~bge_icl.runner.Runner`).
     """
 
     examples: tuple[ICLExample, ...]
@@ -84,7 +84,6 @@ class PromptLayout:
     plan: QueryPlan
     cached_ids: tuple[int, ...] | None
     split: PrefixSplit | None
-    caches: PrefixCaches = field(compare=False, repr=False)
 
     @classmethod
     def build(cls, options: EmbedderOptions, tokenizer: PromptTokenizer, window: int | None) -> PromptLayout:
@@ -108,7 +107,7 @@ class PromptLayout:
                 cached = tuple(ids)
                 split = tokenizer.prefix_split(tokenizer.prompts(probes, plan)[0], cached)
         return cls(examples, prefix, o.query_instruction_for_retrieval, o.query_instruction_format, o.suffix,
-                   o.query_max_length, plan, cached, split, PrefixCaches(cached))  # fmt: skip
+                   o.query_max_length, plan, cached, split)  # fmt: skip
 
     def plan_for(self, tokenizer: PromptTokenizer, max_length: int | None) -> QueryPlan:
         """The plan for a call's ``max_length`` (None or the option's value: :attr:`plan`)."""

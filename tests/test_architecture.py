@@ -132,7 +132,7 @@ def test_the_kernels_module_imports_no_model_code() -> None:
     assert _imports(ROOT / "bge_icl" / "cascade_attention.py") == {"__future__", "typing", "torch"}
 
 
-FORWARD_PATHS = ("forward_whole", "forward_copied_prefix", "forward_shared_prefix", "build_prefix_cache")
+FORWARD_PATHS = ("forward_whole", "forward_copied_prefix", "forward_shared_prefix", "build_prefix_kv")
 
 
 def test_every_forward_path_is_defined_in_the_forward_module() -> None:
@@ -144,7 +144,7 @@ def test_every_forward_path_is_defined_in_the_forward_module() -> None:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef) and any(a.arg == "model" for a in node.args.args):
-                if node.name.startswith(("forward_", "build_prefix_cache")):
+                if node.name.startswith(("forward_", "build_prefix_kv")):
                     defined.setdefault(node.name, []).append(path.name)
             if isinstance(node, ast.Call) and ast.unparse(node.func) in ("model", "layer.mlp", "model.layers"):
                 model_calls.append(f"{path.name}:{node.lineno}")

@@ -72,7 +72,7 @@ def test_results_equal_single_device_in_order_and_both_replicas_work(
 
 def test_each_replica_keeps_its_own_prefix_cache(double: ICLEmbedder) -> None:
     double.encode_queries(TEXTS)
-    caches = double.prefix_caches
+    caches = double.prefix_kv
     assert set(caches) == {0, 1} and double.stats.prefix_builds == 2
     assert caches[0] is not caches[1]
     assert caches[0].ids == caches[1].ids
@@ -96,10 +96,10 @@ def test_failure_on_one_replica_surfaces_and_embedder_stays_usable(
 
 def test_warm_up_builds_every_replicas_prefix_cache_and_embeds_nothing(double: ICLEmbedder) -> None:
     fresh = double.with_options()  # its own (empty) prefix caches, on the same two replicas
-    assert fresh.prefix_caches == {}
+    assert fresh.prefix_kv == {}
     fresh.warm_up()
-    caches = fresh.prefix_caches
+    caches = fresh.prefix_kv
     assert set(caches) == {0, 1} and fresh.stats.prefix_builds == 2 and sum(fresh.stats.replica_rows) == 0
     assert caches[0].ids == caches[1].ids == fresh.prefix_ids
     fresh.encode_queries(TEXTS[:8])
-    assert fresh.prefix_caches[0] is caches[0] and fresh.stats.prefix_builds == 2  # used, never rebuilt
+    assert fresh.prefix_kv[0] is caches[0] and fresh.stats.prefix_builds == 2  # used, never rebuilt

@@ -165,6 +165,6 @@ def test_stats_and_prefix_seams_are_read_only(emb: ICLEmbedder) -> None:
         emb.stats = None  # type: ignore[misc]
     with pytest.raises(AttributeError):
         emb.prefix_length = 3  # type: ignore[misc]
-    caches = emb.prefix_caches
+    caches = emb.prefix_kv
     caches.clear()
-    assert emb.prefix_caches  # a copy was cleared, not the embedder's
+    assert emb.prefix_kv  # a copy was cleared, not the embedder's

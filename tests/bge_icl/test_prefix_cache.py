@@ -50,7 +50,7 @@ def test_cache_equals_full_recomputation(tiny_dir: Path, examples: object, instr
 def test_cached_prefix_ends_at_the_query_token(tiny_dir: Path) -> None:
     cached, _ = _pair(tiny_dir, examples_for_task=NOTEBOOK_EXAMPLES, query_instruction_for_retrieval=WEB)
     cached.encode_queries(["warm up"])
-    prefix = cached.prefix_caches[0]
+    prefix = cached.prefix_kv[0]
     assert cached.prefix_ids == prefix.ids
     assert prefix.ids[0] == 1 and prefix.ids[-1] == 32001  # BOS ... <query>
     full_ids = cached.tokenize_queries(["summit define"]).ids[0]
@@ -108,7 +108,7 @@ def test_cache_is_built_once_and_model_is_untouched(tiny_dir: Path) -> None:
         str(tiny_dir), examples_for_task=NOTEBOOK_EXAMPLES, query_instruction_for_retrieval=WEB, devices="cpu"
     )
     emb.encode_queries(["one"])
-    first = emb.prefix_caches[0]
+    first = emb.prefix_kv[0]
     emb.encode_queries(["two", "three"])
-    assert emb.prefix_caches[0] is first and emb.stats.prefix_builds == 1
+    assert emb.prefix_kv[0] is first and emb.stats.prefix_builds == 1
     assert first is not None and all(k.dtype == torch.float32 for k, _ in first.layers)

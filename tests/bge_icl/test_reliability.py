@@ -67,14 +67,14 @@ def test_failed_forward_leaves_embedder_usable(emb: ICLEmbedder, monkeypatch: py
 
 def test_repeated_calls_do_not_grow_state(emb: ICLEmbedder) -> None:
     emb.encode_queries(QUERIES)
-    prefix = emb.prefix_caches
+    prefix = emb.prefix_kv
     gc.collect()
     before = len(gc.get_objects())
     for _ in range(5):
         emb.encode_queries(QUERIES)
         emb.encode_corpus(PASSAGES)
     gc.collect()
-    assert emb.prefix_caches[0] is prefix[0] and emb.stats.prefix_builds == 1
+    assert emb.prefix_kv[0] is prefix[0] and emb.stats.prefix_builds == 1
     assert len(gc.get_objects()) - before < 500
 
 

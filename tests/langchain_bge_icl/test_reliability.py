@@ -265,7 +265,7 @@ def test_failed_prefix_cache_build_is_retried(embeddings: BgeIclEmbeddings, monk
     with pytest.raises(RuntimeError, match="boom"):
         fresh.embed_query(q)
     assert fresh.embed_query(q) == expected
-    assert fresh.embedder.prefix_caches and fresh.embedder.stats.prefix_builds == 1
+    assert fresh.embedder.prefix_kv and fresh.embedder.stats.prefix_builds == 1
 
 
 async def test_a_cancelled_async_call_does_not_block_the_next(
@@ -303,13 +303,13 @@ async def test_repeated_calls_do_not_grow_state(embeddings: BgeIclEmbeddings) ->
         await embeddings.aembed_documents(NOTEBOOK_DOCUMENTS)
 
     await round_trip()
-    prefix = embeddings.embedder.prefix_caches[0]
+    prefix = embeddings.embedder.prefix_kv[0]
     gc.collect()
     before = len(gc.get_objects())
     for _ in range(5):
         await round_trip()
     gc.collect()
-    assert embeddings.embedder.prefix_caches[0] is prefix  # one prefix cache per embedder, built once
+    assert embeddings.embedder.prefix_kv[0] is prefix  # one prefix cache per embedder, built once
     assert len(gc.get_objects()) - before < 500
 
 

@@ -324,7 +324,7 @@ async def test_failed_prefix_cache_build_is_retried(emb: BgeIclEmbedding, monkey
     with pytest.raises(RuntimeError, match="boom"):
         await fresh.aget_query_embedding(q)
     assert fresh.get_query_embedding(q) == expected
-    assert fresh.embedder.prefix_caches and fresh.embedder.stats.prefix_builds == 1
+    assert fresh.embedder.prefix_kv and fresh.embedder.stats.prefix_builds == 1
 
 
 def test_failed_forward_with_a_cache_stores_nothing(fields: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -375,11 +375,11 @@ async def test_repeated_calls_do_not_grow_state(chunked: BgeIclEmbedding) -> Non
         await chunked.aget_text_embedding_batch([*NOTEBOOK_DOCUMENTS, "third"])
 
     await round_trip()
-    prefix = chunked.embedder.prefix_caches[0]
+    prefix = chunked.embedder.prefix_kv[0]
     gc.collect()
     before = len(gc.get_objects())
     for _ in range(5):
         await round_trip()
     gc.collect()
-    assert chunked.embedder.prefix_caches[0] is prefix  # one prefix cache per embedder, built once
+    assert chunked.embedder.prefix_kv[0] is prefix  # one prefix cache per embedder, built once
     assert len(gc.get_objects()) - before < 500
