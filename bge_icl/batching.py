@@ -12,10 +12,10 @@ from typing import Any
 RowCost = Callable[[int, int], int]  # (longest row's tokens, cached prefix tokens) -> cost of one row, in tokens
 
 
-def copied_prefix_cost(longest: int, skip: int) -> int:
-    """A row that holds its own copy of the ``skip`` cached prefix tokens: ``longest + skip`` (the copy path, and
-    whole prompts, where ``skip`` is 0)."""
-    return longest + skip
+def copied_prefix_cost(longest: int, prefix_tokens: int) -> int:
+    """A row that holds its own copy of the prefix KV: ``longest + prefix_tokens`` (the copy path, and whole
+    prompts, where ``prefix_tokens`` is 0)."""
+    return longest + prefix_tokens
 
 
 def shared_prefix_cost(config: Any) -> RowCost:
@@ -33,7 +33,7 @@ def shared_prefix_cost(config: Any) -> RowCost:
     width = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
     heads, width = int(config.num_attention_heads), int(width)
 
-    def cost(longest: int, skip: int) -> int:
-        return longest + -(-longest * heads * skip // width)  # T + ceil(T * heads * P / width)
+    def cost(longest: int, prefix_tokens: int) -> int:
+        return longest + -(-longest * heads * prefix_tokens // width)  # T + ceil(T * heads * P / width)
 
     return cost

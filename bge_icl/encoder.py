@@ -184,7 +184,7 @@ class ICLEmbedder(SentenceTransformersCompat):
         self._options, self._scheduler = o, scheduler_for(replicas)
         self._counters = Counters(len(replicas))
         self._budget = o.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS.get(first.device.type, 65536)
-        self._rows = o.batch_size or DEFAULT_BATCH_SIZE.get(first.device.type)
+        self._row_limit = o.batch_size or DEFAULT_BATCH_SIZE.get(first.device.type)
         self._passage_limit(o.passage_max_length, "passage_max_length")
         self._layout = PromptLayout.build(o, first.tokenizer, attention_window(first.model))
         path = ForwardPath.from_option(o.prefix_attention, first.model)
@@ -272,7 +272,7 @@ class ICLEmbedder(SentenceTransformersCompat):
     @property
     def row_limit(self) -> int | None:
         """Most texts per forward pass (``batch_size``, or its default for the device; None: the budget decides)."""
-        return self._rows
+        return self._row_limit
 
     @property
     def prefix_ids(self) -> tuple[int, ...] | None:
@@ -353,12 +353,14 @@ class ICLEmbedder(SentenceTransformersCompat):
         Returns:
             float32 array, shape (N, dimension), or (dimension,) for a single ``str``.
         """
-        return self._encode(queries, "queries", batch_size, max_length, convert_to_numpy, **call)
+        return self._encode(queries, "queries", batch_size=batch_size, max_length=max_length,
+                            convert_to_numpy=convert_to_numpy, **call)  # fmt: skip
 
     def encode_corpus(self, corpus: Texts, batch_size: int | None = None, max_length: int | None = None,
                       convert_to_numpy: bool | None = None, **call: Unpack[CallOptions]) -> Vectors:  # fmt: skip
         """Embed passages as they are (no prefix, no instruction), then EOS; arguments as :meth:`encode_queries`."""
-        return self._encode(corpus, "passages", batch_size, max_length, convert_to_numpy, **call)
+        return self._encode(corpus, "passages", batch_size=batch_size, max_length=max_length,
+                            convert_to_numpy=convert_to_numpy, **call)  # fmt: skip
 
     def embed(self, texts: Sequence[str], kind: Kind, *, on_truncation: OnTruncation | None = None) -> Embedded:
         """Embed ``texts`` as ``kind`` and report their token counts (what a server's ``usage`` needs).
@@ -374,7 +376,7 @@ class ICLEmbedder(SentenceTransformersCompat):
         """
         request = self.prepare(as_text_list(texts)[0], kind)
         self._report(request, on_truncation)
-        vectors = self._run(request, False, self._rows)
+        vectors = self._run(request, False, self._row_limit)
         return Embedded(vectors, tuple(len(x) for x in request.ids), tuple(request.truncated))
 
     async def aembed(self, texts: Sequence[str], kind: Kind, *, on_truncation: OnTruncation | None = None) -> Embedded:
@@ -387,7 +389,7 @@ class ICLEmbedder(SentenceTransformersCompat):
         else:
             request = self.prepare(items, kind)
         self._report(request, on_truncation)
-        vectors = await self._scheduler.arun(self._job(request, self._rows))
+        vectors = await self._scheduler.arun(self._job(request, self._row_limit))
         return Embedded(vectors, tuple(len(x) for x in request.ids), tuple(request.truncated))
 
     def check_truncation(self, texts: Iterable[str], kind: Kind) -> list[int]:
@@ -457,38 +459,37 @@ class ICLEmbedder(SentenceTransformersCompat):
         mode = self._options.on_truncation if mode is None else check_mode(mode)
         report_truncation(request.truncated, len(request), request.kind, request.limit, mode, stacklevel=4)
 
-    def _encode(
-        self, texts: Texts, kind: Kind, rows: int | None, limit: int | None, numpy: bool | None, **call: Any
-    ) -> Vectors:
+    def _encode(self, texts: Texts, kind: Kind, *, batch_size: int | None, max_length: int | None,
+                convert_to_numpy: bool | None, **call: Any) -> Vectors:  # fmt: skip
         unknown = sorted(set(call) - set(CallOptions.__annotations__))
         if unknown:
             valid = ["batch_size", "max_length", "convert_to_numpy", *CallOptions.__annotations__]
             msg = f"unknown argument(s) {unknown}; valid: {valid}"
             raise TypeError(msg)
         o = self._options
-        rows = self._rows if rows is None else positive_int("batch_size", rows)
-        numpy = o.convert_to_numpy if numpy is None else flag("convert_to_numpy", numpy)
+        row_limit = self._row_limit if batch_size is None else positive_int("batch_size", batch_size)
+        numpy = o.convert_to_numpy if convert_to_numpy is None else flag("convert_to_numpy", convert_to_numpy)
         items, single = as_text_list(texts)
         precision = check_precision(call.get("precision") or DEFAULT_PRECISION)
         calibration = check_calibration(precision, call.get("calibration"), self.dimension, len(items))
-        request = self.prepare(items, kind, limit)
+        request = self.prepare(items, kind, max_length)
         self._report(request, call.get("on_truncation"))
         show = call.get("show_progress")
-        vectors = self._run(request, o.show_progress if show is None else show, rows)
+        vectors = self._run(request, o.show_progress if show is None else show, row_limit)
         return self.finish(vectors, precision, calibration, numpy, single)
 
-    def _job(self, request: Request, rows: int | None, progress: Any = None) -> Job:
+    def _job(self, request: Request, row_limit: int | None, progress: Any = None) -> Job:
         """The scheduler's job for ``request`` (stage 2 runs there, in passes shared with other calls)."""
         if request.kind == "queries":
             self._runner.count(request.groups)
         wait = self._options.batch_wait_ms / 1000
-        return Job(request.ids, request.groups, self._runner.head, self.dimension, self._budget, rows, wait, progress,
-                   self._counters)
+        return Job(request.ids, request.groups, self._runner.head, self.dimension, self._budget, row_limit, wait,
+                   progress, self._counters)  # fmt: skip
 
-    def _run(self, request: Request, show: bool | None, rows: int | None) -> np.ndarray:  # (N, D)
+    def _run(self, request: Request, show: bool | None, row_limit: int | None) -> np.ndarray:  # (N, D)
         """Run ``request`` through the scheduler; the vectors come back in input order."""
-        cost = sum(len(g.indices) * g.lane.row_cost(max(g.lengths, default=0), g.lane.skip) for g in request.groups)
-        several = cost > self._budget or (rows is not None and len(request) > rows)  # more than one pass
+        cost = sum(rows.cost for rows in request.groups)
+        several = cost > self._budget or (row_limit is not None and len(request) > row_limit)  # more than one pass
         disable = (not show) if show is not None else (True if not several else None)
         with tqdm(total=len(request), desc=f"Embedding {request.kind}", unit="text", disable=disable) as bar:
-            return self._scheduler.run(self._job(request, rows, bar.update))
+            return self._scheduler.run(self._job(request, row_limit, bar.update))

@@ -36,13 +36,13 @@ class Lane:
     Attributes:
         key: Equal keys, same forward: ``("whole",)`` for whole prompts; the cached prefix and the forward path
             for cached queries.
-        skip: Cached prefix tokens every row attends to (0 for whole prompts).
+        prefix_tokens: Prefix tokens every row attends to, from the prefix KV (0 for whole prompts).
         row_cost: The cost of one row, in tokens (:mod:`bge_icl.batching`).
         forward: Runs a pass of this lane's rows (:data:`Forward`).
     """
 
     key: Hashable
-    skip: int
+    prefix_tokens: int
     row_cost: RowCost
     forward: Forward
 
@@ -54,6 +54,11 @@ class Rows:
     lane: Lane
     indices: Sequence[int]
     lengths: Sequence[int]
+
+    @property
+    def cost(self) -> int:
+        """Their cost in one pass, in tokens (rows x the cost of the longest)."""
+        return len(self.indices) * self.lane.row_cost(max(self.lengths, default=0), self.lane.prefix_tokens)
 
 
 class Job:
@@ -121,7 +126,7 @@ class Job:
     def give_back(self, lane: Lane, rows: list[int]) -> None:
         """Put ``rows`` back at the front of ``lane``'s queue (their pass did not run)."""
         queue = self.pending.setdefault(lane.key, deque())
-        lengths = {row: len(self.ids[row]) - lane.skip for row in rows}
+        lengths = {row: len(self.ids[row]) - lane.prefix_tokens for row in rows}
         queue.extendleft((row, lengths[row]) for row in reversed(rows))
         self.cost_left += sum(lengths.values())
 

@@ -49,7 +49,7 @@ class Runner:
         if not queries:
             return (Rows(self.whole, range(len(ids)), [len(x) for x in ids]),)
         groups = split_on_prefix(ids, self.prefix_ids, window)
-        return tuple(Rows(self.cached if skip else self.whole, rows, lengths) for rows, lengths, skip in groups)
+        return tuple(Rows(self.cached if prefix else self.whole, rows, lengths) for rows, lengths, prefix in groups)
 
     def count(self, rows: Sequence[Rows]) -> None:
         """Count a query call's rows as prefix hits and misses (nothing when no prefix ids are cached)."""

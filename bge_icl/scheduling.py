@@ -78,7 +78,7 @@ def cut(waiting: Sequence[Job]) -> Pass:
         row_limit = job.row_limit if row_limit is None else min(row_limit, job.row_limit or row_limit)
         taken: list[int] = []
         for row, length in queue:
-            cost = (count + 1) * lane.row_cost(max(longest, length, 1), lane.skip)
+            cost = (count + 1) * lane.row_cost(max(longest, length, 1), lane.prefix_tokens)
             if count and (cost > budget or (row_limit is not None and count + 1 > row_limit)):
                 break
             taken.append(row)
@@ -87,7 +87,7 @@ def cut(waiting: Sequence[Job]) -> Pass:
             entries.append((job, taken))
         if row_limit is not None and count >= row_limit:
             break
-    return Pass(lane, entries, count * lane.row_cost(longest, lane.skip), budget, row_limit)
+    return Pass(lane, entries, count * lane.row_cost(longest, lane.prefix_tokens), budget, row_limit)
 
 
 def wait_before(step: Pass, now: float) -> float:

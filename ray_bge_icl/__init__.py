@@ -27,7 +27,6 @@ except ImportError as e:  # pragma: no cover - exercised only without ray
     raise ImportError(msg) from e
 
 
-
 class _EmbedBatch:
     """Ray Data callable class: loads one embedder per actor, embeds one column of each batch."""
 
@@ -49,7 +48,7 @@ def embed_dataset(
     *,
     concurrency: int = 1,
     num_gpus: float = 1,
-    batch_size: int = 256,
+    rows_per_batch: int = 256,
     **embedder_options: Any,
 ) -> ray.data.Dataset:
     """Add an ``output_column`` of bge-en-icl embeddings of ``column`` to ``ds``, rows in input order.
@@ -62,9 +61,10 @@ def embed_dataset(
         output_column: Name of the new column, float32 vectors of the model's hidden size.
         concurrency: Number of actors, each holding one model.
         num_gpus: GPUs per actor (0 for CPU actors).
-        batch_size: Rows per Ray batch (the embedder batches inside it by its token budget).
+        rows_per_batch: Rows per Ray batch (Ray Data's ``batch_size``); the embedder cuts its forward passes inside
+            it by its own ``batch_size`` and token budget.
         **embedder_options: :class:`~bge_icl.options.EmbedderOptions`, e.g. ``model_name``,
-            ``examples_for_task``, ``query_instruction_for_retrieval``, ``dtype``.
+            ``examples_for_task``, ``query_instruction_for_retrieval``, ``dtype``, ``batch_size``.
 
     Returns:
         A lazy Ray ``Dataset``.
@@ -87,7 +87,7 @@ def embed_dataset(
             "output_column": output_column,
             "embedder_options": embedder_options,
         },
-        batch_size=batch_size,
+        batch_size=rows_per_batch,
         batch_format="numpy",
         concurrency=concurrency,
         num_gpus=num_gpus,

@@ -60,14 +60,15 @@ def scheduler() -> Scheduler:
     return Scheduler([_loaded()])
 
 
-def _lane(model: FakeModel, key: str = "whole", skip: int = 0, cost: Any = copied_prefix_cost) -> Lane:
-    return Lane((key,), skip, cost, model.forward)
+def _lane(model: FakeModel, key: str = "whole", prefix_tokens: int = 0, cost: Any = copied_prefix_cost) -> Lane:
+    return Lane((key,), prefix_tokens, cost, model.forward)
 
 
 def _job(lane: Lane, tokens: Sequence[int], lengths: Sequence[int], *, budget: int = 1000, rows: int | None = None,
          wait: float = 0.0, counters: Counters | None = None) -> Job:  # fmt: skip
-    """A job whose row i is the id list ``[tokens[i]] * (lane.skip + lengths[i])`` (a cached prefix, then its own)."""
-    ids = [[t] * (lane.skip + n) for t, n in zip(tokens, lengths, strict=True)]
+    """A job whose row i is the id list ``[tokens[i]] * (lane.prefix_tokens + lengths[i])`` (a prefix, then its
+    own)."""
+    ids = [[t] * (lane.prefix_tokens + n) for t, n in zip(tokens, lengths, strict=True)]
     group = Rows(lane, range(len(ids)), list(lengths))
     return Job(ids, [group], lambda t: t.float(), H, budget, rows, wait, counters=counters)
 
@@ -103,7 +104,7 @@ def test_a_call_is_covered_longest_first_under_both_limits(scheduler: Scheduler,
 
 def test_the_cached_prefix_counts_and_out_of_memory_halves_the_budget(scheduler: Scheduler, model: FakeModel) -> None:
     model.oom_above = 150  # 4 rows of 40 cached + 10 own tokens fail, 2 rows fit
-    lane = _lane(model, "copy", skip=40)
+    lane = _lane(model, "copy", prefix_tokens=40)
     job = scheduler.submit(_job(lane, [0, 1, 2, 3], [10, 10, 10, 10], budget=200, rows=8))
     _check(job, [0, 1, 2, 3])  # the first pass (4 rows, 4 x (10 + 40) = 200 tokens) failed and ran again halved
     assert job.budget == 100 and model.passes == [[0, 1], [2, 3]]
@@ -262,7 +263,7 @@ def test_workers_leave_when_idle_and_come_back(monkeypatch: pytest.MonkeyPatch, 
 
 def test_an_unexpected_error_in_the_worker_fails_the_waiting_calls(model: FakeModel) -> None:
     scheduler = Scheduler([_loaded()])
-    broken = Lane(("whole",), 0, lambda longest, skip: 1 // 0, model.forward)  # the cost model itself fails
+    broken = Lane(("whole",), 0, lambda longest, prefix_tokens: 1 // 0, model.forward)  # the cost model itself fails
     with pytest.raises(ZeroDivisionError):
         scheduler.submit(_job(broken, [1], [2])).result()
     _check(scheduler.submit(_job(_lane(model), [2], [2])), [2])  # a new worker serves the next call

@@ -41,7 +41,7 @@ def test_embed_dataset_matches_local_encoding(local_ray: None, tiny_dir: Path, k
         "query_instruction_for_retrieval": WEB,
     }
     ds = ray.data.from_items([{"id": i, "text": t, "source": f"doc-{i % 7}"} for i, t in enumerate(texts)])
-    rows = embed_dataset(ds, kind=kind, concurrency=2, num_gpus=0, batch_size=64, **options).take_all()
+    rows = embed_dataset(ds, kind=kind, concurrency=2, num_gpus=0, rows_per_batch=64, **options).take_all()
     local = ICLEmbedder(**options)  # type: ignore[arg-type]
     expected = local.encode_queries(texts) if kind == "query" else local.encode_corpus(texts)
     assert [r["id"] for r in rows] == list(range(300))
