@@ -38,7 +38,7 @@ from bge_icl.choices import (
     check_prefix_attention,
     is_bool,
 )
-from bge_icl.errors import OptionError, OptionTypeError, OptionValueError
+from bge_icl.errors import OptionTypeError, OptionValueError
 from bge_icl.prompts import (
     DEFAULT_EXAMPLES_INSTRUCTION_FORMAT,
     DEFAULT_QUERY_INSTRUCTION_FORMAT,
@@ -350,12 +350,7 @@ class EmbedderOptions(BaseModel):
         try:
             return EmbedderOptions(**values)
         except ValidationError as e:
-            first = e.errors()[0]
-            cause = first.get("ctx", {}).get("error")
-            if isinstance(cause, OptionError):
-                raise cause from None
-            name = str(first["loc"][0]) if first["loc"] else "options"
-            raise OptionValueError(f"{name}: {first['msg']}", option=name, value=first.get("input")) from None
+            raise option_errors(e)[0] from None
 
     def option_values(self) -> dict[str, Any]:
         """The options only (no framework fields of a subclass), by name."""
@@ -414,6 +409,24 @@ def declared(name: str) -> Declared:
     """
     field = EmbedderOptions.model_fields[name]
     return Declared(name, field.default, field.description or "")
+
+
+def option_errors(error: ValidationError) -> list[Exception]:
+    """The errors inside pydantic's ``error``: each one a validator raised (pydantic keeps it in ``ctx["error"]``;
+    the core's are :class:`~bge_icl.errors.OptionError`), else an ``OptionValueError`` built from pydantic's own
+    fields (``loc``, ``msg``, ``input``).
+
+    The one place that digs into pydantic's error records; callers read the errors' fields.
+    """
+    found: list[Exception] = []
+    for record in error.errors():
+        cause = record.get("ctx", {}).get("error")
+        if isinstance(cause, Exception):
+            found.append(cause)
+            continue
+        name = str(record["loc"][0]) if record["loc"] else "options"
+        found.append(OptionValueError(f"{name}: {record['msg']}", option=name, value=record.get("input")))
+    return found
 
 
 def frozen_message(name: str) -> str:

@@ -107,8 +107,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM or Ctrl-C (then finish the requests in flight, exit 0)."""
     for module in ("fastapi", "uvicorn", "prometheus_client"):
         require(module, "bge-icl serve", "serve")
+    from pydantic import ValidationError
+
     from bge_icl.errors import OptionError
-    from bge_icl.options import positive_int
+    from bge_icl.options import option_errors, positive_int
     from bge_icl_server.config import ServerConfig
 
     options: dict[str, Any] = {"devices": devices_arg(args.devices), "dtype": args.dtype}
@@ -130,11 +132,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     except OptionError as e:  # a type error passes through pydantic as it was raised
         raise CliError(option_words(e, SERVE_FLAGS)) from e
-    except ValueError as e:  # pydantic's: each error's cause, an OptionError worded from its fields
-        causes = [x.get("ctx", {}).get("error") for x in e.errors()] if hasattr(e, "errors") else [e]
+    except ValidationError as e:  # each error's cause: an OptionError worded from its fields
         words = [option_words(c, SERVE_FLAGS) if isinstance(c, OptionError) else one_line(str(c))
-                 for c in causes if c is not None]  # fmt: skip
+                 for c in option_errors(e)]  # fmt: skip
         raise CliError("; ".join(words) or one_line(str(e))) from e
+    except ValueError as e:
+        raise CliError(one_line(str(e))) from e
     if args.ray:
         return _run_ray(config, args.host, args.port, args.replicas)
     if args.replicas != 1:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bge_icl.options import MODEL_ALIASES, EmbedderOptions
+from bge_icl.options import MODEL_ALIASES, EmbedderOptions, option_errors
 from bge_icl.prompts import validate_examples
 from bge_icl.quickstart import bundled_example_sets, bundled_examples
 
@@ -82,8 +82,7 @@ def load_example_set(spec: str, instruction: str | None = None) -> ExampleSet:
     try:
         return ExampleSet(examples=data, instruction=instruction or shared_instruct(data))
     except ValidationError as e:  # the core's example check raised inside pydantic: its error, with its own words
-        causes = [x.get("ctx", {}).get("error") or x["msg"] for x in e.errors()]
-        reason = "; ".join(str(c) for c in causes)
+        reason = "; ".join(str(c) for c in option_errors(e))
         msg = f"examples file {spec}: {reason} (a JSON list of {{instruct?, query, response}} objects)"
         raise ValueError(msg) from e
 
