@@ -43,7 +43,8 @@ from bge_icl.prompts import (
     DEFAULT_EXAMPLES_INSTRUCTION_FORMAT,
     DEFAULT_QUERY_INSTRUCTION_FORMAT,
     DEFAULT_SUFFIX,
-    validate_examples,
+    check_examples,
+    fill_instructions,
     validate_template,
 )
 from bge_icl.quickstart import DEFAULT_MODEL
@@ -233,10 +234,7 @@ class EmbedderOptions(BaseModel):
     @field_validator("examples_for_task", mode="before")
     @classmethod
     def _examples(cls, value: Any) -> tuple[dict[str, str], ...] | None:
-        if value is None:
-            return None
-        validate_examples(value, default_instruct="")  # shape and types; the instruction is checked below
-        return tuple(dict(example) for example in value)
+        return None if value is None else check_examples(value)  # shape and types; instructions: below
 
     @field_validator("query_instruction_for_retrieval", "suffix", "cache_dir", "revision", mode="before")
     @classmethod
@@ -323,7 +321,7 @@ class EmbedderOptions(BaseModel):
 
     @model_validator(mode="after")
     def _examples_have_an_instruction(self) -> EmbedderOptions:
-        validate_examples(self.examples_for_task, self.query_instruction_for_retrieval)
+        fill_instructions(self.examples_for_task or (), self.query_instruction_for_retrieval)
         return self
 
     # -- fixed after construction --------------------------------------------------------------------

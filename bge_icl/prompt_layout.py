@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from bge_icl.errors import OptionValueError
 from bge_icl.options import EmbedderOptions, positive_int
-from bge_icl.prompts import ICLExample, build_prefix, format_query, validate_examples
+from bge_icl.prompts import ICLExample, build_prefix, fill_instructions, format_query
 from bge_icl.tokenization import PrefixSplit, PromptTokenizer, QueryPlan, Tokenized
 
 PROBES = ("a", "1")
@@ -93,7 +93,7 @@ class PromptLayout:
             OptionValueError: ``query_max_length`` leaves no room for the query.
         """
         o = options
-        examples = validate_examples(o.examples_for_task, o.query_instruction_for_retrieval)
+        examples = fill_instructions(o.examples_for_task or (), o.query_instruction_for_retrieval)  # checked options
         prefix = build_prefix(examples, o.examples_instruction_format)
         plan = query_plan(tokenizer, prefix, o.suffix, o.query_max_length, "query_max_length")
         probes = [format_query(q, o.query_instruction_for_retrieval, o.query_instruction_format) for q in PROBES]

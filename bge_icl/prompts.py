@@ -82,21 +82,29 @@ def validate_template(name: str, template: str, slots: int) -> str:
 def validate_examples(
     examples: Sequence[Mapping[str, str]] | None, default_instruct: str | None
 ) -> tuple[ICLExample, ...]:
-    """Check few-shot examples and return them as an immutable tuple.
-
-    Each example is a mapping with string ``query`` and ``response`` and an optional string
-    ``instruct``. A missing ``instruct`` falls back to ``default_instruct`` (the query instruction).
+    """Check few-shot examples and return them as an immutable tuple, each with its ``instruct``
+    (:func:`check_examples`, then :func:`fill_instructions`).
 
     Raises:
         TypeError: ``examples`` is not a list of mappings, or a field is not a string.
         ValueError: An example has unknown or missing keys, or no instruction at all.
+    """
+    return fill_instructions(check_examples(examples), default_instruct)
+
+
+def check_examples(examples: object) -> tuple[dict[str, str], ...]:
+    """The shape and types of few-shot examples: a list of mappings with string ``query`` and ``response`` and an
+    optional string ``instruct``; returned as a tuple of dicts (None: no examples, ``()``).
+
+    Raises:
+        TypeError: ``examples`` is not a list of mappings, or a field is not a string.
+        ValueError: An example has unknown or missing keys.
     """
     if examples is None:
         return ()
     if isinstance(examples, (str, bytes, Mapping)) or not isinstance(examples, Sequence):
         msg = f"examples_for_task must be a list of dicts with keys {_EXAMPLE_KEYS}, got {type(examples).__name__}"
         raise OptionTypeError(msg, option="examples_for_task", value=examples)
-    checked: list[ICLExample] = []
     for i, example in enumerate(examples):
         if not isinstance(example, Mapping):
             msg = f"examples_for_task[{i}] is {type(example).__name__}, expected a dict with keys {_EXAMPLE_KEYS}"
@@ -113,15 +121,27 @@ def validate_examples(
             if not isinstance(value, str):
                 msg = f"examples_for_task[{i}][{key!r}] is {type(value).__name__}, expected str"
                 raise OptionTypeError(msg, option="examples_for_task", value=examples)
+    return tuple(dict(example) for example in examples)
+
+
+def fill_instructions(examples: Sequence[Mapping[str, str]], default_instruct: str | None) -> tuple[ICLExample, ...]:
+    """Checked examples (:func:`check_examples`), each with its ``instruct``: its own, else ``default_instruct``
+    (the query instruction).
+
+    Raises:
+        ValueError: An example has no instruction at all.
+    """
+    filled: list[ICLExample] = []
+    for i, example in enumerate(examples):
         instruct = example.get("instruct", default_instruct)
         if instruct is None:
             msg = (
                 f"examples_for_task[{i}] has no 'instruct' and query_instruction_for_retrieval is None; "
                 "set one of them (FlagEmbedding would silently write the text 'None' here)"
             )
-            raise OptionValueError(msg, option="examples_for_task", value=examples)
-        checked.append({"instruct": instruct, "query": example["query"], "response": example["response"]})
-    return tuple(checked)
+            raise OptionValueError(msg, option="examples_for_task", value=list(examples))
+        filled.append({"instruct": instruct, "query": example["query"], "response": example["response"]})
+    return tuple(filled)
 
 
 def build_prefix(examples: Sequence[ICLExample], template: str) -> str:
