@@ -164,7 +164,7 @@ def _where_ids(name: str, ids: dict[str, str]) -> str:
     return f"the {name} ({len(ids)} ids: {shown}{', ...' if len(ids) > 3 else ''})"
 
 
-def example_sets(specs: list[str] | None, instruction: str) -> dict[str, Any]:
+def examples_to_compare(specs: list[str] | None, instruction: str) -> dict[str, Any]:
     """``--examples`` in order: name -> examples (None for ``none``)."""
     sets: dict[str, Any] = {}
     for spec in specs or [EXAMPLES_NONE]:
@@ -188,7 +188,7 @@ def format_table(results: dict[str, dict[str, float]], k_values: tuple[int, ...]
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Read the BEIR files, score each example set, print the table (or JSON)."""
     ks = parse_k(args.k, CliError)
-    sets = example_sets(args.examples, args.instruction)
+    sets = examples_to_compare(args.examples, args.instruction)
     queries_path, corpus_path, qrels_path = beir_files(args)
     queries = read_beir_jsonl(queries_path, titles=False)
     corpus = read_beir_jsonl(corpus_path, titles=True)
@@ -197,12 +197,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         import pytrec_eval  # noqa: F401
     except ImportError as e:
         raise CliError("bge-icl evaluate needs pytrec_eval: pip install 'bge-icl[eval]'") from e
-    from bge_icl.evaluation import RetrievalData, compare_example_sets
+    from bge_icl.evaluation import compare_example_sets
 
-    try:
-        data = RetrievalData.from_mappings(queries, corpus, qrels)
-    except (TypeError, ValueError) as e:  # the readers above check the same; kept for a one-line error regardless
-        raise CliError(str(e)) from e
+    judged = [q for q in queries if qrels.get(q)]  # read_qrels checked every id; the core checks its own rules
+    unjudged = len(queries) - len(judged)
     limits = {name: getattr(args, name) for name in ("query_max_length", "passage_max_length")}
     emb = load_embedder(
         args,
@@ -211,18 +209,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         **{name: value for name, value in limits.items() if value is not None},
     )
-    if data.unjudged:
-        print(
-            f"bge-icl: {len(data.unjudged)} of {len(queries)} queries have no qrels and are not scored", file=sys.stderr
-        )
+    if unjudged:
+        print(f"bge-icl: {unjudged} of {len(queries)} queries have no qrels and are not scored", file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results = compare_example_sets(emb, sets, queries, corpus, qrels, ks)
     report_warnings(caught, args.flags)  # the unjudged queries were said above, from the data's fields
     if args.json:
-        summary = {"queries": len(data.query_ids), "unjudged_queries": len(data.unjudged), "passages": len(corpus)}
+        summary = {"queries": len(judged), "unjudged_queries": unjudged, "passages": len(corpus)}
         print(json.dumps({**summary, "k_values": list(ks), "results": results}, indent=2))
     else:
-        print(f"{len(data.query_ids)} judged queries, {len(corpus)} passages; instruction: {args.instruction!r}")
+        print(f"{len(judged)} judged queries, {len(corpus)} passages; instruction: {args.instruction!r}")
         print(format_table(results, ks))
     return 0
