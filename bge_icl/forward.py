@@ -31,6 +31,7 @@ import torch
 from bge_icl.batching import RowCost, copied_prefix_cost, shared_prefix_cost
 from bge_icl.cascade_attention import SCORE_CHUNK, cascade_attention_chunked, cascade_attention_fused, has_fused_kernel
 from bge_icl.choices import PrefixAttention
+from bge_icl.decoder import DecoderModel, LlamaLayout
 from bge_icl.errors import OptionValueError
 from bge_icl.pooling import last_token_pool
 from bge_icl.prefix_cache import PrefixKV
@@ -60,7 +61,7 @@ def pad(
     return ids.to(device), real.long().to(device)
 
 
-def supports_shared_prefix(model: Any) -> bool:
+def supports_shared_prefix(model: DecoderModel) -> bool:
     """Whether ``model`` has the Llama/Mistral decoder layout :func:`forward_shared_prefix` runs."""
     layers = getattr(model, "layers", None)
     if not layers or not all(hasattr(model, a) for a in ("embed_tokens", "norm")) or rotary_embedding(model) is None:
@@ -69,7 +70,7 @@ def supports_shared_prefix(model: Any) -> bool:
     return all(hasattr(layer, a) for a in _LAYER_PARTS) and all(hasattr(layer.self_attn, a) for a in _ATTENTION_PARTS)
 
 
-def forward_whole(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def forward_whole(model: DecoderModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Last hidden states of whole, left-padded sequences (B, T) -> (B, T, H); positions count real tokens."""
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
@@ -77,7 +78,7 @@ def forward_whole(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
 
 
 def forward_copied_prefix(
-    model: Any, prefix: PrefixKV, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: DecoderModel, prefix: PrefixKV, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
     """Last hidden states of query tokens that continue ``prefix``, the prefix's keys/values copied per row.
 
@@ -106,7 +107,7 @@ def forward_copied_prefix(
 
 
 def forward_shared_prefix(
-    model: Any, prefix: PrefixKV, input_ids: torch.Tensor, attention_mask: torch.Tensor, fused: bool
+    model: LlamaLayout, prefix: PrefixKV, input_ids: torch.Tensor, attention_mask: torch.Tensor, fused: bool
 ) -> torch.Tensor:
     """Last hidden states of query tokens that continue ``prefix``, attending to one shared copy of it.
 
@@ -150,7 +151,7 @@ def forward_shared_prefix(
 
 
 @torch.inference_mode()
-def build_prefix_kv(model: Any, ids: Sequence[int]) -> PrefixKV:
+def build_prefix_kv(model: DecoderModel, ids: Sequence[int]) -> PrefixKV:
     """Run ``ids`` through ``model`` once and keep the keys and values of every layer."""
     device = next(model.parameters()).device
     input_ids = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, P)
@@ -181,7 +182,7 @@ class ForwardPath:
     row_cost: RowCost
 
     @classmethod
-    def from_option(cls, prefix_attention: PrefixAttention | str, model: Any) -> ForwardPath:
+    def from_option(cls, prefix_attention: PrefixAttention | str, model: DecoderModel) -> ForwardPath:
         """The path ``prefix_attention`` (a checked choice, :mod:`bge_icl.choices`) names, for ``model`` on its device.
 
         Raises:
@@ -206,7 +207,7 @@ class ForwardPath:
 
     @torch.inference_mode()
     def pooled(
-        self, model: Any, batch: Sequence[Sequence[int]], pad_id: int, prefix: PrefixKV | None
+        self, model: DecoderModel, batch: Sequence[Sequence[int]], pad_id: int, prefix: PrefixKV | None
     ) -> torch.Tensor:
         """The last-token hidden states of one batch, shape (B, H) in the model's dtype, on its device.
 

@@ -20,6 +20,7 @@ import transformers
 from huggingface_hub.errors import HFValidationError
 
 from bge_icl.choices import DTYPE_SPELLINGS, check_attention, check_devices, check_dtype
+from bge_icl.decoder import DecoderModel
 from bge_icl.errors import OptionValueError
 from bge_icl.tokenization import PromptTokenizer
 from bge_icl.transformers_compat import dtype_kwarg
@@ -102,10 +103,11 @@ class LoadedModel:
         dtype: The model's parameter dtype.
         attn_implementation: The attention kernel family in use.
         key: The registry key.
-        lock: Held for each forward pass on this model, so concurrent calls interleave batch by batch.
+        lock: Held while a pass runs on this model (its scheduler's worker takes it) and while its prefix KV is
+            built, so a warm-up or ``FlagICLModel.set_examples`` waits for the running pass, never runs inside it.
     """
 
-    model: Any
+    model: DecoderModel
     tokenizer: PromptTokenizer
     device: torch.device
     dtype: torch.dtype
@@ -286,7 +288,7 @@ def adopt_model(model: Any, tokenizer: Any, attn_implementation: str) -> LoadedM
     """
     param = next(model.parameters())
     device = resolve_devices(str(param.device))[0]
-    key = registry_key(model_source(str(model.config._name_or_path)), device, param.dtype, attn_implementation)
+    key = registry_key(model_source(str(model.config.name_or_path)), device, param.dtype, attn_implementation)
     with _REGISTRY_LOCK:
         found = _REGISTRY.get(key)
         if found is not None and found.model is model:

@@ -22,6 +22,7 @@ from bge_icl.choices import ATTENTION_IMPLEMENTATIONS
 from bge_icl.loading import adopt_model
 from bge_icl.options import MODEL_ALIASES, EmbedderOptions
 from bge_icl.precision import Precision
+from bge_icl.transformers_compat import attention_implementation
 
 
 class _Encodes(Protocol):
@@ -122,7 +123,7 @@ class SentenceTransformersCompat:
             )
             raise TypeError(msg)
         auto, tokenizer = _wrapped_parts(model)
-        attn = str(auto.config._attn_implementation)
+        attn = attention_implementation(auto)
         if attn not in ATTENTION_IMPLEMENTATIONS:
             msg = f"the SentenceTransformer's attention implementation {attn!r} is not supported; valid: " + str(
                 ATTENTION_IMPLEMENTATIONS

@@ -14,7 +14,8 @@ from packaging.version import Version
 from transformers import DynamicCache
 from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
-__all__ = ["apply_rotary_pos_emb", "cache_kwarg", "cache_layers", "dtype_kwarg", "new_cache", "rotary_embedding"]
+__all__ = ["apply_rotary_pos_emb", "attention_implementation", "cache_kwarg", "cache_layers", "dtype_kwarg",
+           "new_cache", "rotary_embedding"]  # fmt: skip
 
 
 def dtype_kwarg() -> str:
@@ -51,3 +52,9 @@ def rotary_embedding(model: Any) -> Any:
         return rotary
     layers = getattr(model, "layers", None)
     return getattr(getattr(layers[0], "self_attn", None), "rotary_emb", None) if layers else None
+
+
+def attention_implementation(model: Any) -> str:
+    """The attention implementation a loaded model runs with (``sdpa``, ``eager``, ``flash_attention_2``): the
+    config's private ``_attn_implementation``, the one spelling 4.46 to 5.x all have."""
+    return str(model.config._attn_implementation)
