@@ -70,16 +70,25 @@ def is_bool(value: object) -> bool:
     return isinstance(value, bool) or _instance_of(value, "numpy", "bool_")
 
 
-def check_prefix_attention(value: object) -> str:
-    """``value`` when it is one of :data:`PREFIX_ATTENTION`.
+def check_choice(option: str, value: object, valid: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``valid``, the one check of every closed choice.
 
     Raises:
-        OptionValueError: Another value; the message lists the valid ones.
+        OptionValueError: Another value (``.option`` is ``option``); the message lists the valid ones.
+
+    Example:
+        >>> check_choice("prefix_attention", "copy", PREFIX_ATTENTION)
+        'copy'
     """
-    if value not in PREFIX_ATTENTION:
-        msg = f"prefix_attention={value!r} is not supported; valid: {PREFIX_ATTENTION}"
-        raise OptionValueError(msg, option="prefix_attention", value=value)
-    return str(PrefixAttention(value).value)
+    if value not in valid:
+        msg = f"{option}={value!r} is not supported; valid: {valid}"
+        raise OptionValueError(msg, option=option, value=value)
+    return valid[valid.index(value)]  # the valid spelling it equals
+
+
+def check_prefix_attention(value: object) -> str:
+    """``value`` when it is one of :data:`PREFIX_ATTENTION` (:func:`check_choice`)."""
+    return check_choice("prefix_attention", value, PREFIX_ATTENTION)
 
 
 def check_dtype(value: object) -> str:
@@ -113,10 +122,7 @@ def check_attention(value: object) -> str | None:
     Raises:
         OptionValueError: Another value; the message lists the valid ones.
     """
-    if value is not None and value not in ATTENTION_IMPLEMENTATIONS:
-        msg = f"attn_implementation={value!r} is not supported; valid: {ATTENTION_IMPLEMENTATIONS}"
-        raise OptionValueError(msg, option="attn_implementation", value=value)
-    return None if value is None else str(value)
+    return None if value is None else check_choice("attn_implementation", value, ATTENTION_IMPLEMENTATIONS)
 
 
 def check_precision(precision: object) -> Precision:
@@ -125,10 +131,7 @@ def check_precision(precision: object) -> Precision:
     Raises:
         OptionValueError: Another value; the message lists the valid ones.
     """
-    if isinstance(precision, str) and precision in PRECISIONS:
-        return cast(Precision, precision)
-    msg = f"precision={precision!r} is not supported; valid: {PRECISIONS}"
-    raise OptionValueError(msg, option="precision", value=precision)
+    return cast(Precision, check_choice("precision", precision, PRECISIONS))
 
 
 def _device_entry(entry: object) -> str | int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Literal, cast
 
+from bge_icl.choices import check_choice
 from bge_icl.errors import OptionValueError
 
 Kind = Literal["queries", "passages"]
@@ -36,10 +37,7 @@ def check_kind(kind: object) -> Kind:
         >>> check_kind("passages")
         'passages'
     """
-    if kind not in KINDS:
-        msg = f"kind={kind!r} is not supported; valid: {KINDS}"
-        raise OptionValueError(msg, option="kind", value=kind)
-    return cast(Kind, kind)
+    return cast(Kind, check_choice("kind", kind, KINDS))
 
 
 def kind_of(spelling: object) -> Kind:

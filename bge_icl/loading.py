@@ -112,7 +112,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     attn_implementation: str
-    key: tuple[Any, ...]
+    key: RegistryKey
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
@@ -123,10 +123,10 @@ class LoadedModel:
     @property
     def source(self) -> str:
         """What was loaded: the resolved local directory (symlinks and ``~`` resolved) or the hub id."""
-        return str(self.key[0])
+        return self.key.source
 
 
-_REGISTRY: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = weakref.WeakValueDictionary()
+_REGISTRY: weakref.WeakValueDictionary[RegistryKey, LoadedModel] = weakref.WeakValueDictionary()
 _REGISTRY_LOCK = threading.Lock()
 
 
@@ -207,18 +207,18 @@ def model_source(model_name_or_path: str) -> str:
     return resolved if os.path.isdir(resolved) else model_name_or_path
 
 
-def registry_key(
-    source: str,
-    device: str,
-    dtype: torch.dtype,
-    attn_implementation: str,
-    trust_remote_code: bool = False,
-    cache_dir: str | None = None,
-    revision: str | None = None,
-    replica: int = 0,
-) -> tuple[Any, ...]:
-    """The weight registry's key: two loads with equal keys share one :class:`LoadedModel`."""
-    return (source, device, dtype, attn_implementation, trust_remote_code, cache_dir, revision, replica)
+@dataclass(frozen=True)
+class RegistryKey:
+    """What makes two loads one set of weights: equal keys share one :class:`LoadedModel`."""
+
+    source: str
+    device: str
+    dtype: torch.dtype
+    attn_implementation: str
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    revision: str | None = None
+    replica: int = 0
 
 
 def load_model(
@@ -248,7 +248,7 @@ def load_model(
             raise _missing_directory(model_name_or_path)
     elif not os.path.isfile(os.path.join(source, "config.json")):
         raise _not_found(model_name_or_path, FileNotFoundError(f"no config.json in {source}"))
-    key = registry_key(source, device, dtype, attn_implementation, trust_remote_code, cache_dir, revision, replica)
+    key = RegistryKey(source, device, dtype, attn_implementation, trust_remote_code, cache_dir, revision, replica)
     with _REGISTRY_LOCK:
         found = _REGISTRY.get(key)
         if found is not None:
@@ -288,7 +288,7 @@ def adopt_model(model: Any, tokenizer: Any, attn_implementation: str) -> LoadedM
     """
     param = next(model.parameters())
     device = resolve_devices(str(param.device))[0]
-    key = registry_key(model_source(str(model.config.name_or_path)), device, param.dtype, attn_implementation)
+    key = RegistryKey(model_source(str(model.config.name_or_path)), device, param.dtype, attn_implementation)
     with _REGISTRY_LOCK:
         found = _REGISTRY.get(key)
         if found is not None and found.model is model:

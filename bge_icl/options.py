@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypedDict
 
 from pydantic import (
@@ -425,6 +425,22 @@ def option_errors(error: ValidationError) -> list[Exception]:
         name = str(record["loc"][0]) if record["loc"] else "options"
         found.append(OptionValueError(f"{name}: {record['msg']}", option=name, value=record.get("input")))
     return found
+
+
+def refuse_options(given: Iterable[str], names: Iterable[str], why: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error(why.format(set))`` when ``given`` sets any option of ``names`` (sorted, a list): the options an
+    edge decides itself (a SentenceTransformer's weights, a server config's model and examples).
+
+    Example:
+        >>> refuse_options({"dtype": "float16"}, ["dtype", "devices"], "{} come from the model")
+        Traceback (most recent call last):
+        ...
+        ValueError: ['dtype'] come from the model
+    """
+    fixed = sorted(set(given) & set(names))
+    if fixed:
+        msg = why.format(fixed)
+        raise error(msg)
 
 
 def frozen_message(name: str) -> str:

@@ -20,7 +20,7 @@ import torch
 
 from bge_icl.choices import ATTENTION_IMPLEMENTATIONS
 from bge_icl.loading import adopt_model
-from bge_icl.options import MODEL_ALIASES, EmbedderOptions
+from bge_icl.options import MODEL_ALIASES, EmbedderOptions, refuse_options
 from bge_icl.precision import Precision
 from bge_icl.transformers_compat import attention_implementation
 
@@ -115,13 +115,9 @@ class SentenceTransformersCompat:
             >>> emb.encode_query(["how much protein should a female eat"]).shape  # doctest: +SKIP
             (1, 4096)
         """
-        given = sorted(set(options) & set(FROM_THE_MODEL))
-        if given:
-            msg = (
-                f"from_sentence_transformer takes {given} from the SentenceTransformer (its weights, device and dtype);"
-                " pass only prompt, length and batching options"
-            )
-            raise TypeError(msg)
+        why = ("from_sentence_transformer takes {} from the SentenceTransformer (its weights, device and dtype); "
+               "pass only prompt, length and batching options")  # fmt: skip
+        refuse_options(options, FROM_THE_MODEL, why, TypeError)
         auto, tokenizer = _wrapped_parts(model)
         attn = attention_implementation(auto)
         if attn not in ATTENTION_IMPLEMENTATIONS:

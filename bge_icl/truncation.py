@@ -6,7 +6,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Literal, cast
 
-from bge_icl.errors import FieldsPickle, OptionValueError
+from bge_icl.choices import check_choice
+from bge_icl.errors import FieldsPickle
 
 OnTruncation = Literal["warn", "error", "ignore"]
 ON_TRUNCATION: tuple[OnTruncation, ...] = ("warn", "error", "ignore")
@@ -61,10 +62,7 @@ def check_mode(mode: Any) -> OnTruncation:
     Raises:
         ValueError: Another value; the message lists the valid ones.
     """
-    if mode not in ON_TRUNCATION:
-        msg = f"on_truncation={mode!r} is not supported; valid: {ON_TRUNCATION}"
-        raise OptionValueError(msg, option="on_truncation", value=mode)
-    return cast(OnTruncation, mode)
+    return cast(OnTruncation, check_choice("on_truncation", mode, ON_TRUNCATION))
 
 
 def report_truncation(

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bge_icl.options import MODEL_ALIASES, EmbedderOptions, option_errors
+from bge_icl.options import MODEL_ALIASES, EmbedderOptions, option_errors, refuse_options
 from bge_icl.prompts import validate_examples
 from bge_icl.quickstart import bundled_example_sets, bundled_examples
 
@@ -145,13 +145,9 @@ class ServerConfig(BaseModel):
     @field_validator("options")
     @classmethod
     def _options(cls, value: dict[str, Any]) -> dict[str, Any]:
-        fixed = sorted(set(value) & set(NOT_OPTIONS))
-        if fixed:
-            msg = (
-                f"options may not set {fixed}: the model is ServerConfig.model, and the examples and instruction "
-                "belong to each model id (example_sets, instruction)"
-            )
-            raise ValueError(msg)
+        why = ("options may not set {}: the model is ServerConfig.model, and the examples and instruction belong to "
+               "each model id (example_sets, instruction)")  # fmt: skip
+        refuse_options(value, NOT_OPTIONS, why)
         EmbedderOptions.checked(**value)  # unknown names and bad values, with the option's name and the valid ones
         return value
 
