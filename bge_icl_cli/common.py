@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bge_icl.choices import DTYPES
-from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample, validate_examples
-from bge_icl.quickstart import bundled_example_sets, bundled_examples
+from bge_icl.errors import OptionError
+from bge_icl.example_sets import SHAPE_HINT, load_example_set
+from bge_icl.prompts import WEB_SEARCH_INSTRUCTION, ICLExample, fill_instructions
+from bge_icl.quickstart import bundled_example_sets
 from bge_icl_cli.diagnostics import one_line, option_words
 from bge_icl_cli.errors import EXIT_MODEL, CliError
-from bge_icl_cli.files import read_json
 
 if TYPE_CHECKING:
     from bge_icl.encoder import ICLEmbedder
@@ -31,7 +31,7 @@ def data_file(*parts: str) -> Any:
 
 def load_examples(spec: str | None, default_instruct: str | None = WEB_SEARCH_INSTRUCTION) -> list[ICLExample] | None:
     """``--examples``: a JSON file (a list of ``{instruct?, query, response}``, UTF-8, a BOM dropped) or a bundled
-    set's name.
+    set's name (:func:`bge_icl.example_sets.load_example_set`, the core's one loader), each with its instruction.
 
     Raises:
         CliError: The file is missing, not UTF-8 or not valid JSON, the examples are malformed, or the name is
@@ -39,23 +39,15 @@ def load_examples(spec: str | None, default_instruct: str | None = WEB_SEARCH_IN
     """
     if spec is None:
         return None
-    path = Path(spec).expanduser()
-    if path.is_file():
-        source = f"examples file {spec}"
-        data = read_json(path, source)
-    elif spec in bundled_example_sets():
-        data = bundled_examples(spec)
-        source = f"example set {spec!r}"
-    elif spec.endswith(".json") or "/" in spec or path.suffix:
-        raise CliError(f"examples file {spec} does not exist")
-    else:
-        names = ", ".join(bundled_example_sets())
-        raise CliError(f"unknown example set {spec!r}: bundled sets are {names}; or pass a JSON file path")
     try:
-        return list(validate_examples(data, default_instruct))
-    except (TypeError, ValueError) as e:
-        hint = 'expected a JSON list of {"instruct", "query", "response"} objects'
-        raise CliError(f"{source}: {e}; {hint}") from e
+        loaded = load_example_set(spec)
+    except OptionError as e:
+        hint = "" if isinstance(e.value, str) else f"; {SHAPE_HINT}"  # a bad file or name, else bad examples
+        raise CliError(f"{e}{hint}") from e
+    try:
+        return list(fill_instructions(loaded.examples, default_instruct))
+    except OptionError as e:
+        raise CliError(f"{loaded.source}: {e}; {SHAPE_HINT}") from e
 
 
 def devices_arg(value: str | None) -> str | int | None:

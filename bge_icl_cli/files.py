@@ -9,33 +9,28 @@ file read; a byte that is not UTF-8 is reported by file, line and column.
 
 from __future__ import annotations
 
-import codecs
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bge_icl.example_sets import decode_utf8
 from bge_icl_cli.errors import CliError
 
 OUTPUT_SUFFIXES = (".npy", ".jsonl")
 
 
 def decode(data: bytes, where: str) -> str:
-    """``data`` as UTF-8 text, a byte-order mark dropped.
+    """``data`` as UTF-8 text, a byte-order mark dropped (:func:`bge_icl.example_sets.decode_utf8`).
 
     Raises:
         CliError: A byte is not UTF-8; the message names ``where``, the line and the column.
     """
-    data = data.removeprefix(codecs.BOM_UTF8)
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line_start = data.rfind(b"\n", 0, e.start) + 1
-        line = data.count(b"\n", 0, e.start) + 1
-        column = len(data[line_start : e.start].decode("utf-8", errors="replace")) + 1
-        msg = f"{where} line {line} is not UTF-8: byte 0x{data[e.start]:02x} at column {column}; save it as UTF-8"
-        raise CliError(msg) from None
+        return decode_utf8(data, where)
+    except ValueError as e:
+        raise CliError(str(e)) from None
 
 
 def read_text(path_str: str) -> str:

@@ -9,17 +9,18 @@ config is built, before any model is loaded: a bad option, a malformed example s
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bge_icl.example_sets import load_example_set as read_example_set
 from bge_icl.options import MODEL_ALIASES, EmbedderOptions, option_errors, refuse_options
 from bge_icl.prompts import validate_examples
-from bge_icl.quickstart import bundled_example_sets, bundled_examples
+from bge_icl.quickstart import bundled_example_sets
+
+__all__ = ["ExampleSet", "ServerConfig", "bundled_example_sets", "default_served_name", "load_example_set"]
 
 DEFAULT_MAX_INPUTS = 2048
 DEFAULT_MAX_REQUEST_BYTES = 16 * 2**20
@@ -47,14 +48,9 @@ class ExampleSet(BaseModel):
         return self
 
 
-def shared_instruct(examples: Any) -> str | None:
-    """The ``instruct`` every example has, when they all have the same one; else None."""
-    values = {e.get("instruct") for e in examples} if isinstance(examples, list) else set()
-    return next(iter(values)) if len(values) == 1 and all(isinstance(e, dict) for e in examples) else None
-
-
 def load_example_set(spec: str, instruction: str | None = None) -> ExampleSet:
-    """An :class:`ExampleSet` from a bundled set's name or a JSON file (a list of ``{instruct?, query, response}``).
+    """An :class:`ExampleSet` from a bundled set's name or a JSON file (the core's one loader,
+    :func:`bge_icl.example_sets.load_example_set`: an existing file first, then a bundled name).
 
     A bundled set brings its own instruction (``web-search``: the web-search one), as ``bge-icl embed --examples
     web-search`` does. For a file, ``instruction`` is the task instruction; without one, the ``instruct`` its
@@ -64,26 +60,13 @@ def load_example_set(spec: str, instruction: str | None = None) -> ExampleSet:
         ValueError: The file is missing or not JSON, the examples are malformed, or the name is unknown (the message
             lists the bundled sets).
     """
-    path = Path(spec).expanduser()
-    if spec in bundled_example_sets() and not path.is_file():
-        data = bundled_examples(spec)
-        return ExampleSet(examples=tuple(data), instruction=shared_instruct(data))
-    if not path.is_file():
-        if path.suffix or os.sep in spec or "/" in spec:
-            msg = f"examples file {spec} does not exist"
-        else:
-            msg = f"unknown example set {spec!r}: bundled sets are {', '.join(bundled_example_sets())}; or a JSON file"
-        raise ValueError(msg)
+    loaded = read_example_set(spec)
+    own = loaded.shared_instruct if loaded.bundled else (instruction or loaded.shared_instruct)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        msg = f"examples file {spec} is not readable JSON: {e}"
-        raise ValueError(msg) from e
-    try:
-        return ExampleSet(examples=data, instruction=instruction or shared_instruct(data))
+        return ExampleSet(examples=loaded.examples, instruction=own)
     except ValidationError as e:  # the core's example check raised inside pydantic: its error, with its own words
         reason = "; ".join(str(c) for c in option_errors(e))
-        msg = f"examples file {spec}: {reason} (a JSON list of {{instruct?, query, response}} objects)"
+        msg = f"{loaded.source}: {reason} (a JSON list of {{instruct?, query, response}} objects)"
         raise ValueError(msg) from e
 
 

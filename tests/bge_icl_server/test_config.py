@@ -38,7 +38,7 @@ def test_file_set_takes_the_instruction_or_the_one_its_examples_share(tmp_path: 
     [
         ("nope", None, "unknown example set 'nope': bundled sets are web-search; or a JSON file"),
         ("missing.json", None, "examples file missing.json does not exist"),
-        ("bad.json", "[{", "examples file bad.json is not readable JSON: "),
+        ("bad.json", "[{", "examples file bad.json is not valid JSON: "),
         ("dict.json", '{"query": "q"}', "examples file dict.json: "),
         ("keys.json", '[{"query": "q"}]', "examples file keys.json: "),
     ],
