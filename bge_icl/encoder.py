@@ -46,7 +46,7 @@ from bge_icl.options import (
     positive_int,
 )
 from bge_icl.precision import apply_precision, check_calibration
-from bge_icl.prefix_cache import PrefixKV, attention_window
+from bge_icl.prefix_cache import PrefixKV, PrefixKVStore, attention_window
 from bge_icl.prompt_layout import PromptLayout
 from bge_icl.prompts import ICLExample
 from bge_icl.runner import Runner
@@ -86,6 +86,11 @@ class Stats:
     replica_rows: tuple[int, ...]
     forward_passes: int = 0
     queued_rows: int = 0
+
+    @classmethod
+    def of(cls, kv: PrefixKVStore, counters: Counters) -> Stats:
+        """A snapshot of a prefix KV store's counters and of work ``counters``."""
+        return cls(kv.hits, kv.misses, kv.builds, *counters.snapshot())
 
 
 @dataclass(frozen=True)
@@ -172,15 +177,8 @@ class ICLEmbedder(SentenceTransformersCompat):
 
     def _setup(self, options: EmbedderOptions) -> None:
         o = options
-        replicas = load_replicas(
-            o.model_name, devices=o.devices, dtype=o.dtype, attn_implementation=o.attn_implementation,
-            use_fp16=o.use_fp16, use_bf16=o.use_bf16, trust_remote_code=o.trust_remote_code,
-            cache_dir=o.cache_dir, revision=o.revision, show_progress=o.show_progress is not False,
-        )  # fmt: skip
+        replicas = _load(o)
         first = replicas[0]
-        if o.truncate_dim is not None and o.truncate_dim > first.hidden_size:
-            msg = f"truncate_dim={o.truncate_dim} exceeds the model's dimension {first.hidden_size}"
-            raise ValueError(msg)
         self._options, self._scheduler = o, scheduler_for(replicas)
         self._counters = Counters(len(replicas))
         self._budget = o.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS.get(first.device.type, 65536)
@@ -293,15 +291,13 @@ class ICLEmbedder(SentenceTransformersCompat):
     @property
     def stats(self) -> Stats:
         """Counters of the prefix cache and of the replicas' work so far."""
-        kv = self._runner.kv
-        return Stats(kv.hits, kv.misses, kv.builds, *self._counters.snapshot())
+        return Stats.of(self._runner.kv, self._counters)
 
     @property
     def scheduler_stats(self) -> Stats:
         """:attr:`stats` of every embedder on these weights together (they share the scheduler and its passes): what
         a server reports. The prefix counters are this embedder's."""
-        kv = self._runner.kv
-        return Stats(kv.hits, kv.misses, kv.builds, *self._scheduler.counters.snapshot())
+        return Stats.of(self._runner.kv, self._scheduler.counters)
 
     def warm_up(self) -> None:
         """Build the few-shot prefix's key/value cache on every replica now (a server's start-up), not on each
@@ -493,3 +489,20 @@ class ICLEmbedder(SentenceTransformersCompat):
         disable = (not show) if show is not None else (True if not several else None)
         with tqdm(total=len(request), desc=f"Embedding {request.kind}", unit="text", disable=disable) as bar:
             return self._scheduler.run(self._job(request, row_limit, bar.update))
+
+
+def _load(o: EmbedderOptions) -> list[LoadedModel]:
+    """The replicas ``o`` asks for (loaded, or shared from the registry).
+
+    Raises:
+        ValueError: ``truncate_dim`` exceeds the model's dimension.
+    """
+    replicas = load_replicas(
+        o.model_name, devices=o.devices, dtype=o.dtype, attn_implementation=o.attn_implementation,
+        use_fp16=o.use_fp16, use_bf16=o.use_bf16, trust_remote_code=o.trust_remote_code,
+        cache_dir=o.cache_dir, revision=o.revision, show_progress=o.show_progress is not False,
+    )  # fmt: skip
+    if o.truncate_dim is not None and o.truncate_dim > replicas[0].hidden_size:
+        msg = f"truncate_dim={o.truncate_dim} exceeds the model's dimension {replicas[0].hidden_size}"
+        raise ValueError(msg)
+    return replicas
