@@ -70,7 +70,7 @@ def load_example_set(spec: str) -> LoadedExamples:
         named_a_file = bool(path.suffix) or "/" in spec or os.sep in spec
         names = ", ".join(bundled_example_sets())
         msg = (f"examples file {spec} does not exist" if named_a_file else
-               f"unknown example set {spec!r}: bundled sets are {names}; or a JSON file path")  # fmt: skip
+               f"unknown example set {spec!r}: bundled sets are {names}; or a JSON file")  # fmt: skip
         raise OptionValueError(msg, option="examples_for_task", value=spec)
     try:
         examples = check_examples(data)

@@ -33,7 +33,7 @@ def test_an_existing_file_wins_over_a_bundled_name(tmp_path: Path, monkeypatch: 
 @pytest.mark.parametrize(
     ("spec", "content", "message"),
     [
-        ("nope", None, "unknown example set 'nope': bundled sets are web-search; or a JSON file path"),
+        ("nope", None, "unknown example set 'nope': bundled sets are web-search; or a JSON file"),
         ("missing.json", None, "examples file missing.json does not exist"),
         ("bad.json", b"[{", "examples file bad.json is not valid JSON: "),
         ("latin.json", b'[{"query": "caf\xe9"}]',
