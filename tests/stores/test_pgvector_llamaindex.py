@@ -1,0 +1,86 @@
+"""LlamaIndex's ``PGVectorStore`` on a real PostgreSQL + pgvector with ``BgeIclEmbedding``: add, search, delete,
+reload; ranks and scores equal brute force over the core's vectors (queries on the query path, passages on the
+passage path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_index.vector_stores.postgres")
+
+from llama_index.core import StorageContext, VectorStoreIndex
+from llama_index.core.schema import TextNode
+from llama_index.vector_stores.postgres import PGVectorStore
+
+from llamaindex_bge_icl import BgeIclEmbedding
+from tests.stores.conftest import CORPUS, QUERIES, BruteForce, K, ids, sqlalchemy_url
+
+
+@pytest.fixture(scope="module")
+def embed_model(tiny_dir: Path, options: dict[str, Any]) -> BgeIclEmbedding:
+    return BgeIclEmbedding(model_name=str(tiny_dir), **options)
+
+
+def open_store(postgres: str, table: str, dimension: int, **kwargs: Any) -> PGVectorStore:
+    """A PGVectorStore on table ``data_<table>`` (created if missing), ``vector(dimension)`` column."""
+    return PGVectorStore.from_params(
+        connection_string=sqlalchemy_url(postgres),
+        async_connection_string=sqlalchemy_url(postgres, "psycopg"),
+        table_name=table,
+        embed_dim=dimension,
+        **kwargs,
+    )
+
+
+def build_index(postgres: str, table: str, embed_model: BgeIclEmbedding, **kwargs: Any) -> VectorStoreIndex:
+    """CORPUS as nodes (ids from ``ids(table)``) embedded by ``embed_model`` into a fresh PGVectorStore."""
+    store = open_store(postgres, table, embed_model.dimension, **kwargs)
+    nodes = [TextNode(id_=i, text=text) for i, text in zip(ids(table), CORPUS, strict=True)]
+    context = StorageContext.from_defaults(vector_store=store)
+    return VectorStoreIndex(nodes, storage_context=context, embed_model=embed_model)
+
+
+@pytest.fixture(scope="module")
+def index(postgres: str, embed_model: BgeIclEmbedding) -> VectorStoreIndex:
+    return build_index(postgres, "li_search", embed_model)
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_retriever_ranks_like_brute_force(index: VectorStoreIndex, brute: BruteForce, query: str) -> None:
+    hits = index.as_retriever(similarity_top_k=K).retrieve(query)
+    texts = [hit.node.get_content() for hit in hits]
+    assert texts == brute.top_k(query)
+    np.testing.assert_allclose([hit.score for hit in hits], brute.scores(query, texts), atol=1e-5)
+
+
+async def test_async_retriever_ranks_like_brute_force(index: VectorStoreIndex, brute: BruteForce) -> None:
+    hits = await index.as_retriever(similarity_top_k=K).aretrieve(QUERIES[1])
+    assert [hit.node.get_content() for hit in hits] == brute.top_k(QUERIES[1])
+
+
+def test_halfvec_column_ranks_like_brute_force(postgres: str, embed_model: BgeIclEmbedding, brute: BruteForce) -> None:
+    """``use_halfvec=True`` stores 16-bit floats (pgvector indexes halfvec up to 4,000 dimensions, vector 2,000)."""
+    index = build_index(postgres, "li_halfvec", embed_model, use_halfvec=True)
+    for query in QUERIES:
+        hits = index.as_retriever(similarity_top_k=K).retrieve(query)
+        np.testing.assert_allclose(
+            [hit.score for hit in hits], brute.scores(query, [h.node.get_content() for h in hits]), atol=2e-3
+        )
+        assert [hit.node.get_content() for hit in hits] == brute.top_k(query)
+
+
+def test_delete_then_reload(postgres: str, embed_model: BgeIclEmbedding, brute: BruteForce) -> None:
+    """Deleted nodes leave the ranking; an index reopened from the table alone finds what was written."""
+    index = build_index(postgres, "li_reload", embed_model)
+    gone = brute.top_k(QUERIES[0], k=2)
+    index.vector_store.delete_nodes([ids("li_reload")[CORPUS.index(text)] for text in gone])
+    kept = [text for text in CORPUS if text not in gone]
+    store = open_store(postgres, "li_reload", embed_model.dimension)
+    reloaded = VectorStoreIndex.from_vector_store(store, embed_model=embed_model.model_copy())
+    for query in QUERIES:
+        hits = reloaded.as_retriever(similarity_top_k=K).retrieve(query)
+        assert [hit.node.get_content() for hit in hits] == brute.top_k(query, kept)
