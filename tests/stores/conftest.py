@@ -7,7 +7,8 @@ Python on a Unix socket in a temporary directory, no network. It refuses to run 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,29 @@ class BruteForce:
         return [texts[j] for j in np.argsort(-scores, kind="stable")[:k]]
 
 
-def ids(namespace: str) -> list[str]:
-    """One id per CORPUS passage, unique to ``namespace`` (a store may key ids across its collections)."""
-    return [f"{namespace}-{i}" for i in range(len(CORPUS))]
+# A store's search as the tests see it: a query in, the top K passages out, best first, with cosine similarities.
+Search = Callable[[str], list[tuple[str, float]]]
+
+
+def assert_brute_force(search: Search, brute: BruteForce, texts: list[str] = CORPUS, atol: float = 1e-5) -> None:
+    """For every query: ``search`` returns brute force's top K of ``texts``, in order, with its cosine scores."""
+    for query in QUERIES:
+        hits = search(query)
+        found = [text for text, _ in hits]
+        assert found == brute.top_k(query, texts)
+        np.testing.assert_allclose([score for _, score in hits], brute.scores(query, found), atol=atol)
+
+
+def ids(namespace: str, texts: list[str] = CORPUS) -> list[str]:
+    """The ids of CORPUS passages ``texts``: UUIDs unique to ``namespace`` (Qdrant takes UUIDs or integers, and
+    langchain-postgres keys ids across its collections)."""
+    return [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{CORPUS.index(text)}")) for text in texts]
+
+
+def deleted_and_kept(brute: BruteForce) -> tuple[list[str], list[str]]:
+    """The two passages the first query ranks highest (to delete), and the rest of CORPUS."""
+    gone = brute.top_k(QUERIES[0], k=2)
+    return gone, [text for text in CORPUS if text not in gone]
 
 
 @pytest.fixture(scope="session")
