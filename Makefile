@@ -4,6 +4,8 @@
 #   make test   - set up .venv (transformers 5.x), .venv-ref (transformers 4.57 + FlagEmbedding 1.4.2) and
 #                 .venv-floor (transformers 4.46, the oldest supported); lint, type-check, run the whole suite on
 #                 5.x, build the docs, then the core suite on 4.57 (with FlagICLModel parity) and on 4.46.
+#   make bench-stores - pgvector at 4,096 dimensions: recall@10 and latency of the binary-quantize recipe vs exact
+#                 search, on 20,000 vectors (a bundled PostgreSQL + pgvector, started by the benchmark).
 #   make bench-serve - many callers on one model in process (dynamic batching), then an HTTP load test of
 #                 `bge-icl serve` and infinity-emb side by side (in .venv-infinity).
 PYTHON ?= python3
@@ -37,7 +39,7 @@ define locked_venv
 	touch $(1)/.installed
 endef
 
-.PHONY: demo demo-tiny test lint check-locks lock test-latest clean bench-cpu bench-prefix bench-gpu-files bench-serve
+.PHONY: demo demo-tiny test lint check-locks lock test-latest clean bench-cpu bench-prefix bench-gpu-files bench-serve bench-stores
 
 $(TOOLS)/.installed:
 	$(PYTHON) -m venv $(TOOLS)
@@ -118,6 +120,11 @@ bench-prefix: $(VENV)/.installed
 bench-serve: $(VENV)/.installed $(INFINITY)/.installed
 	$(VENV)/bin/python benchmarks/bench_serve.py --repeats 3 --record benchmarks/serve-results.jsonl
 	$(VENV)/bin/python benchmarks/bench_serve_http.py --record benchmarks/serve-results.jsonl
+
+# pgvector's HNSW over binary_quantize(embedding)::bit(4096) plus an exact re-rank, against exact search: recall@10 and
+# latency for a few candidate counts; figures appended to benchmarks/stores-results.jsonl; update docs/benchmarks.md.
+bench-stores: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/bench_stores.py --record benchmarks/stores-results.jsonl
 
 # Tokenizer files for benchmarks/bench_gpu.py on a GPU machine without mistral-common (carry .cache/bench-tokenizer).
 bench-gpu-files: $(VENV)/.installed
