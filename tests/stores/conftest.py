@@ -80,6 +80,17 @@ def assert_brute_force(search: Search, brute: BruteForce, texts: list[str] = COR
         np.testing.assert_allclose([score for _, score in hits], brute.scores(query, found), atol=atol)
 
 
+def random_unit_vectors(n: int, dim: int = 4096, seed: int = 0) -> np.ndarray:
+    """``n`` seeded random unit vectors of bge-en-icl's width, float32, shape (n, dim): for width limits only."""
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def exact_top_k(vectors: np.ndarray, query: np.ndarray, k: int = K) -> list[int]:
+    """Row numbers of the ``k`` rows of ``vectors`` (N, D) nearest to ``query`` (D,) by cosine, best first."""
+    return np.argsort(-(vectors @ query), kind="stable")[:k].tolist()
+
+
 def ids(namespace: str, texts: list[str] = CORPUS) -> list[str]:
     """The ids of CORPUS passages ``texts``: UUIDs unique to ``namespace`` (Qdrant takes UUIDs or integers, and
     langchain-postgres keys ids across its collections)."""

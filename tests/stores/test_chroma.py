@@ -24,7 +24,17 @@ from llama_index.vector_stores.chroma import ChromaVectorStore
 
 from langchain_bge_icl import BgeIclEmbeddings
 from llamaindex_bge_icl import BgeIclEmbedding
-from tests.stores.conftest import CORPUS, BruteForce, K, Search, assert_brute_force, deleted_and_kept, ids
+from tests.stores.conftest import (
+    CORPUS,
+    BruteForce,
+    K,
+    Search,
+    assert_brute_force,
+    deleted_and_kept,
+    exact_top_k,
+    ids,
+    random_unit_vectors,
+)
 
 COSINE = {"hnsw:space": "cosine"}
 
@@ -83,3 +93,13 @@ def test_llamaindex_round_trip(tmp_path: Path, tiny_dir: Path, options: dict[str
     store.delete_nodes(ids("li", gone))
     reopen()
     assert_brute_force(llamaindex_search(llamaindex_store(tmp_path), embed_model.model_copy()), brute, kept)
+
+
+def test_4096_dimensions(tmp_path: Path) -> None:
+    """Chroma's HNSW index takes bge-en-icl's width: 4,096-d vectors (random: only the width matters here)."""
+    vectors = random_unit_vectors(200)
+    collection = chromadb.PersistentClient(path=str(tmp_path)).create_collection("bge-4096", metadata=COSINE)
+    collection.add(ids=[str(i) for i in range(len(vectors))], embeddings=vectors)
+    for query in random_unit_vectors(3, seed=1):
+        found = collection.query(query_embeddings=[query], n_results=K)["ids"][0]
+        assert [int(i) for i in found] == exact_top_k(vectors, query)

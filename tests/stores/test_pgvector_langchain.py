@@ -1,21 +1,31 @@
 """langchain-postgres' ``PGVector`` on a real PostgreSQL + pgvector with ``BgeIclEmbeddings``: add, search, delete,
 reload; ranks and scores equal brute force over the core's vectors (queries on the query path, passages on the
-passage path)."""
+passage path). Then docs/vector-stores.md's recipe on PGVector's own table: a bit index and an exact re-rank."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 pytest.importorskip("langchain_postgres")
 
+import psycopg
 from langchain_postgres import PGVector
 
 from langchain_bge_icl import BgeIclEmbeddings
-from tests.stores.conftest import CORPUS, QUERIES, BruteForce, K, ids, sqlalchemy_url
+from tests.stores.conftest import (
+    CORPUS,
+    QUERIES,
+    BruteForce,
+    K,
+    Search,
+    assert_brute_force,
+    deleted_and_kept,
+    ids,
+    sqlalchemy_url,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +44,11 @@ def open_store(postgres: str, embeddings: BgeIclEmbeddings, collection: str, **k
     )
 
 
+def search(store: PGVector) -> Search:
+    # pgvector's cosine distance is 1 - the cosine similarity.
+    return lambda query: [(d.page_content, 1 - dist) for d, dist in store.similarity_search_with_score(query, k=K)]
+
+
 @pytest.fixture(scope="module")
 def store(postgres: str, embeddings: BgeIclEmbeddings) -> PGVector:
     store = open_store(postgres, embeddings, "lc_search")
@@ -41,13 +56,8 @@ def store(postgres: str, embeddings: BgeIclEmbeddings) -> PGVector:
     return store
 
 
-@pytest.mark.parametrize("query", QUERIES)
-def test_search_ranks_like_brute_force(store: PGVector, brute: BruteForce, query: str) -> None:
-    hits = store.similarity_search_with_score(query, k=K)
-    texts = [doc.page_content for doc, _ in hits]
-    assert texts == brute.top_k(query)
-    # pgvector's cosine distance is 1 - the brute-force cosine similarity, to float32 precision.
-    np.testing.assert_allclose([1 - d for _, d in hits], brute.scores(query, texts), atol=1e-5)
+def test_search_ranks_like_brute_force(store: PGVector, brute: BruteForce) -> None:
+    assert_brute_force(search(store), brute)
 
 
 def test_retriever_ranks_like_brute_force(store: PGVector, brute: BruteForce) -> None:
@@ -68,10 +78,34 @@ def test_delete_then_reload(postgres: str, embeddings: BgeIclEmbeddings, brute: 
     """Deleted ids leave the ranking; a new store object on the same collection finds what was written."""
     store = open_store(postgres, embeddings, "lc_reload")
     store.add_texts(CORPUS, ids=ids("lc_reload"))
-    gone = brute.top_k(QUERIES[0], k=2)
-    store.delete(ids=[ids("lc_reload")[CORPUS.index(text)] for text in gone])
-    kept = [text for text in CORPUS if text not in gone]
+    gone, kept = deleted_and_kept(brute)
+    store.delete(ids=ids("lc_reload", gone))
     reloaded = open_store(postgres, embeddings.model_copy(), "lc_reload")
-    for query in QUERIES:
-        assert [doc.page_content for doc in reloaded.similarity_search(query, k=K)] == brute.top_k(query, kept)
+    assert_brute_force(search(reloaded), brute, kept)
     assert len(reloaded.get_by_ids(ids("lc_reload"))) == len(kept)
+
+
+def test_bit_index_recipe_on_the_langchain_table(
+    postgres: str, store: PGVector, embeddings: BgeIclEmbeddings, brute: BruteForce
+) -> None:
+    """An HNSW index on ``binary_quantize(embedding)`` of PGVector's table, then the exact re-rank of its candidates:
+    with every row a candidate, the recipe's ranking is brute force's."""
+    dim = embeddings.dimension
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS lc_bits ON langchain_pg_embedding "
+            f"USING hnsw ((binary_quantize(embedding)::bit({dim})) bit_hamming_ops)"
+        )
+        conn.execute("SET hnsw.ef_search = 1000")
+        for query in QUERIES:
+            rows = conn.execute(
+                f"""SELECT document FROM (
+                        SELECT document, embedding FROM langchain_pg_embedding
+                        WHERE collection_id = (SELECT uuid FROM langchain_pg_collection WHERE name = 'lc_search')
+                        ORDER BY binary_quantize(embedding)::bit({dim}) <~> binary_quantize(%(q)s::vector({dim}))
+                        LIMIT 1000
+                    ) AS candidates
+                    ORDER BY embedding <=> %(q)s::vector({dim}) LIMIT %(k)s""",
+                {"q": str(embeddings.embed_query(query)), "k": K},
+            ).fetchall()
+            assert [row[0] for row in rows] == brute.top_k(query)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 pytest.importorskip("llama_index.vector_stores.postgres")
@@ -17,7 +16,17 @@ from llama_index.core.schema import TextNode
 from llama_index.vector_stores.postgres import PGVectorStore
 
 from llamaindex_bge_icl import BgeIclEmbedding
-from tests.stores.conftest import CORPUS, QUERIES, BruteForce, K, ids, sqlalchemy_url
+from tests.stores.conftest import (
+    CORPUS,
+    QUERIES,
+    BruteForce,
+    K,
+    Search,
+    assert_brute_force,
+    deleted_and_kept,
+    ids,
+    sqlalchemy_url,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +58,13 @@ def index(postgres: str, embed_model: BgeIclEmbedding) -> VectorStoreIndex:
     return build_index(postgres, "li_search", embed_model)
 
 
-@pytest.mark.parametrize("query", QUERIES)
-def test_retriever_ranks_like_brute_force(index: VectorStoreIndex, brute: BruteForce, query: str) -> None:
-    hits = index.as_retriever(similarity_top_k=K).retrieve(query)
-    texts = [hit.node.get_content() for hit in hits]
-    assert texts == brute.top_k(query)
-    np.testing.assert_allclose([hit.score for hit in hits], brute.scores(query, texts), atol=1e-5)
+def search(index: VectorStoreIndex) -> Search:
+    retriever = index.as_retriever(similarity_top_k=K)
+    return lambda query: [(hit.node.get_content(), hit.score) for hit in retriever.retrieve(query)]
+
+
+def test_retriever_ranks_like_brute_force(index: VectorStoreIndex, brute: BruteForce) -> None:
+    assert_brute_force(search(index), brute)
 
 
 async def test_async_retriever_ranks_like_brute_force(index: VectorStoreIndex, brute: BruteForce) -> None:
@@ -65,22 +75,15 @@ async def test_async_retriever_ranks_like_brute_force(index: VectorStoreIndex, b
 def test_halfvec_column_ranks_like_brute_force(postgres: str, embed_model: BgeIclEmbedding, brute: BruteForce) -> None:
     """``use_halfvec=True`` stores 16-bit floats (pgvector indexes halfvec up to 4,000 dimensions, vector 2,000)."""
     index = build_index(postgres, "li_halfvec", embed_model, use_halfvec=True)
-    for query in QUERIES:
-        hits = index.as_retriever(similarity_top_k=K).retrieve(query)
-        np.testing.assert_allclose(
-            [hit.score for hit in hits], brute.scores(query, [h.node.get_content() for h in hits]), atol=2e-3
-        )
-        assert [hit.node.get_content() for hit in hits] == brute.top_k(query)
+    assert_brute_force(search(index), brute, atol=2e-3)
 
 
 def test_delete_then_reload(postgres: str, embed_model: BgeIclEmbedding, brute: BruteForce) -> None:
     """Deleted nodes leave the ranking; an index reopened from the table alone finds what was written."""
     index = build_index(postgres, "li_reload", embed_model)
-    gone = brute.top_k(QUERIES[0], k=2)
-    index.vector_store.delete_nodes([ids("li_reload")[CORPUS.index(text)] for text in gone])
-    kept = [text for text in CORPUS if text not in gone]
+    gone, kept = deleted_and_kept(brute)
+    index.vector_store.delete_nodes(ids("li_reload", gone))
     store = open_store(postgres, "li_reload", embed_model.dimension)
-    reloaded = VectorStoreIndex.from_vector_store(store, embed_model=embed_model.model_copy())
-    for query in QUERIES:
-        hits = reloaded.as_retriever(similarity_top_k=K).retrieve(query)
-        assert [hit.node.get_content() for hit in hits] == brute.top_k(query, kept)
+    assert_brute_force(
+        search(VectorStoreIndex.from_vector_store(store, embed_model=embed_model.model_copy())), brute, kept
+    )

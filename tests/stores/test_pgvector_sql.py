@@ -19,7 +19,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from bge_icl import ICLEmbedder
-from tests.stores.conftest import CORPUS, QUERIES
+from tests.stores.conftest import CORPUS, QUERIES, exact_top_k, random_unit_vectors
 
 DIM = 4096  # bge-en-icl's width
 N = 300
@@ -35,8 +35,7 @@ def conn(postgres: str) -> Iterator[psycopg.Connection]:
 @pytest.fixture(scope="module")
 def vectors() -> np.ndarray:
     """N seeded random unit vectors, float32, shape (N, DIM)."""
-    x = np.random.default_rng(0).standard_normal((N, DIM)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return random_unit_vectors(N, DIM)
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +96,9 @@ def test_the_bit_index_serves_the_candidates(conn: psycopg.Connection, bit_index
 def test_rerank_is_exact_over_the_candidates(conn: psycopg.Connection, bit_indexed: str, vectors: np.ndarray) -> None:
     """With every row a candidate (ef_search >= N), the recipe's top 10 is brute force's; with fewer, the top 10 of
     what the index returned, by exact cosine."""
-    rng = np.random.default_rng(1)
-    queries = rng.standard_normal((5, DIM)).astype(np.float32)
     conn.execute(f"SET hnsw.ef_search = {N}")
-    for query in queries:
-        exact = np.argsort(-(vectors @ query), kind="stable")[:10]  # (10,)
-        assert search(conn, bit_indexed, query, candidates=N) == exact.tolist()
+    for query in random_unit_vectors(5, DIM, seed=1):
+        assert search(conn, bit_indexed, query, candidates=N) == exact_top_k(vectors, query, k=10)
 
 
 def test_binary_quantize_is_our_ubinary_output(conn: psycopg.Connection, core: ICLEmbedder) -> None:

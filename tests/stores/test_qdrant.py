@@ -17,11 +17,21 @@ from langchain_qdrant import QdrantVectorStore as LangChainQdrant
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.schema import TextNode
 from llama_index.vector_stores.qdrant import QdrantVectorStore as LlamaIndexQdrant
-from qdrant_client import QdrantClient
+from qdrant_client import QdrantClient, models
 
 from langchain_bge_icl import BgeIclEmbeddings
 from llamaindex_bge_icl import BgeIclEmbedding
-from tests.stores.conftest import CORPUS, BruteForce, K, Search, assert_brute_force, deleted_and_kept, ids
+from tests.stores.conftest import (
+    CORPUS,
+    BruteForce,
+    K,
+    Search,
+    assert_brute_force,
+    deleted_and_kept,
+    exact_top_k,
+    ids,
+    random_unit_vectors,
+)
 
 
 def langchain_search(store: LangChainQdrant) -> Search:
@@ -63,4 +73,17 @@ def test_llamaindex_round_trip(tmp_path: Path, tiny_dir: Path, options: dict[str
     client = QdrantClient(path=str(tmp_path))
     reopened = LlamaIndexQdrant(client=client, collection_name="li")
     assert_brute_force(llamaindex_search(reopened, embed_model.model_copy()), brute, kept)
+    client.close()
+
+
+def test_4096_dimensions(tmp_path: Path) -> None:
+    """A Qdrant collection of bge-en-icl's width (random 4,096-d vectors: only the width matters here)."""
+    vectors = random_unit_vectors(200)
+    client = QdrantClient(path=str(tmp_path))
+    config = models.VectorParams(size=vectors.shape[1], distance=models.Distance.COSINE)
+    client.create_collection("bge-4096", vectors_config=config)
+    client.upsert("bge-4096", points=models.Batch(ids=list(range(len(vectors))), vectors=vectors.tolist()))
+    for query in random_unit_vectors(3, seed=1):
+        hits = client.query_points("bge-4096", query=query.tolist(), limit=K).points
+        assert [hit.id for hit in hits] == exact_top_k(vectors, query)
     client.close()
