@@ -52,14 +52,21 @@ def core(tiny_dir: Path, options: dict[str, Any]) -> ICLEmbedder:
 
 
 class BruteForce:
-    """Exact cosine ranking in numpy over the core's vectors: queries on the query path, passages on the other."""
+    """Exact cosine ranking in numpy over the core's vectors: queries on the query path, passages on the other.
+
+    Every vector is computed once (CORPUS at construction, a query at its first use), by the core alone.
+    """
 
     def __init__(self, core: ICLEmbedder) -> None:
         self.core = core
+        self.passages = dict(zip(CORPUS, core.encode_corpus(CORPUS), strict=True))  # text -> (D,)
+        self.queries: dict[str, np.ndarray] = {}  # text -> (D,)
 
     def scores(self, query: str, texts: list[str]) -> np.ndarray:
         """Cosine similarities of ``query`` with the passages ``texts``, shape (len(texts),)."""
-        return self.core.encode_corpus(texts) @ self.core.encode_queries([query])[0]
+        if query not in self.queries:
+            self.queries[query] = self.core.encode_queries([query])[0]
+        return np.stack([self.passages[text] for text in texts]) @ self.queries[query]  # (N, D) @ (D,)
 
     def top_k(self, query: str, texts: list[str] = CORPUS, k: int = K) -> list[str]:
         """The ``k`` passages of ``texts`` nearest to ``query``, best first."""
