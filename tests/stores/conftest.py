@@ -110,6 +110,31 @@ def deleted_and_kept(brute: BruteForce) -> tuple[list[str], list[str]]:
     return gone, [text for text in CORPUS if text not in gone]
 
 
+def bit_index_sql(table: str, dim: int) -> str:
+    """docs/vector-stores.md's index: HNSW over the sign bits of ``table.embedding`` (``vector(dim)``)."""
+    return f"CREATE INDEX ON {table} USING hnsw ((binary_quantize(embedding)::bit({dim})) bit_hamming_ops)"
+
+
+def recipe_sql(table: str, column: str, dim: int, where: str = "TRUE") -> str:
+    """docs/vector-stores.md's query: ``%(candidates)s`` rows of ``table`` (those matching ``where``) by Hamming
+    distance of the sign bits, re-ranked by exact cosine; returns ``column`` of the top ``%(k)s`` for ``%(q)s``."""
+    return f"""
+SELECT {column} FROM (
+    SELECT {column}, embedding FROM {table} WHERE {where}
+    ORDER BY binary_quantize(embedding)::bit({dim}) <~> binary_quantize(%(q)s::vector({dim}))
+    LIMIT %(candidates)s
+) AS candidates
+ORDER BY embedding <=> %(q)s::vector({dim})
+LIMIT %(k)s
+"""
+
+
+def recipe_top_k(conn: Any, sql: str, query: Any, candidates: int, k: int = K) -> list[Any]:
+    """Run ``recipe_sql``'s query (``hnsw.ef_search`` raised to ``candidates``): the first column of each row."""
+    conn.execute(f"SET hnsw.ef_search = {max(40, candidates)}")
+    return [row[0] for row in conn.execute(sql, {"q": query, "candidates": candidates, "k": k}).fetchall()]
+
+
 @pytest.fixture(scope="session")
 def brute(core: ICLEmbedder) -> BruteForce:
     """Brute force over the core's vectors."""

@@ -22,8 +22,11 @@ from tests.stores.conftest import (
     K,
     Search,
     assert_brute_force,
+    bit_index_sql,
     deleted_and_kept,
     ids,
+    recipe_sql,
+    recipe_top_k,
     sqlalchemy_url,
 )
 
@@ -90,22 +93,10 @@ def test_bit_index_recipe_on_the_langchain_table(
 ) -> None:
     """An HNSW index on ``binary_quantize(embedding)`` of PGVector's table, then the exact re-rank of its candidates:
     with every row a candidate, the recipe's ranking is brute force's."""
-    dim = embeddings.dimension
+    collection = "collection_id = (SELECT uuid FROM langchain_pg_collection WHERE name = 'lc_search')"
+    sql = recipe_sql("langchain_pg_embedding", "document", embeddings.dimension, where=collection)
     with psycopg.connect(postgres, autocommit=True) as conn:
-        conn.execute(
-            "CREATE INDEX IF NOT EXISTS lc_bits ON langchain_pg_embedding "
-            f"USING hnsw ((binary_quantize(embedding)::bit({dim})) bit_hamming_ops)"
-        )
-        conn.execute("SET hnsw.ef_search = 1000")
+        conn.execute(bit_index_sql("langchain_pg_embedding", embeddings.dimension))
         for query in QUERIES:
-            rows = conn.execute(
-                f"""SELECT document FROM (
-                        SELECT document, embedding FROM langchain_pg_embedding
-                        WHERE collection_id = (SELECT uuid FROM langchain_pg_collection WHERE name = 'lc_search')
-                        ORDER BY binary_quantize(embedding)::bit({dim}) <~> binary_quantize(%(q)s::vector({dim}))
-                        LIMIT 1000
-                    ) AS candidates
-                    ORDER BY embedding <=> %(q)s::vector({dim}) LIMIT %(k)s""",
-                {"q": str(embeddings.embed_query(query)), "k": K},
-            ).fetchall()
-            assert [row[0] for row in rows] == brute.top_k(query)
+            found = recipe_top_k(conn, sql, str(embeddings.embed_query(query)), candidates=len(CORPUS))
+            assert found == brute.top_k(query)

@@ -1,6 +1,6 @@
 """LlamaIndex's ``PGVectorStore`` on a real PostgreSQL + pgvector with ``BgeIclEmbedding``: add, search, delete,
 reload; ranks and scores equal brute force over the core's vectors (queries on the query path, passages on the
-passage path)."""
+passage path). Then docs/vector-stores.md's recipe on PGVectorStore's own table: a bit index and an exact re-rank."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("llama_index.vector_stores.postgres")
 
+import psycopg
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.schema import TextNode
 from llama_index.vector_stores.postgres import PGVectorStore
@@ -23,8 +24,11 @@ from tests.stores.conftest import (
     K,
     Search,
     assert_brute_force,
+    bit_index_sql,
     deleted_and_kept,
     ids,
+    recipe_sql,
+    recipe_top_k,
     sqlalchemy_url,
 )
 
@@ -87,3 +91,15 @@ def test_delete_then_reload(postgres: str, embed_model: BgeIclEmbedding, brute: 
     assert_brute_force(
         search(VectorStoreIndex.from_vector_store(store, embed_model=embed_model.model_copy())), brute, kept
     )
+
+
+def test_bit_index_recipe_on_the_llamaindex_table(
+    postgres: str, index: VectorStoreIndex, embed_model: BgeIclEmbedding, brute: BruteForce
+) -> None:
+    """The recipe on ``data_li_search`` (PGVectorStore's table): with every row a candidate, brute force's ranking."""
+    sql = recipe_sql("data_li_search", "text", embed_model.dimension)
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(bit_index_sql("data_li_search", embed_model.dimension))
+        for query in QUERIES:
+            found = recipe_top_k(conn, sql, str(embed_model.get_query_embedding(query)), candidates=len(CORPUS))
+            assert found == brute.top_k(query)

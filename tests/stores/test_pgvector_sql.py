@@ -19,7 +19,15 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from bge_icl import ICLEmbedder
-from tests.stores.conftest import CORPUS, QUERIES, exact_top_k, random_unit_vectors
+from tests.stores.conftest import (
+    CORPUS,
+    QUERIES,
+    bit_index_sql,
+    exact_top_k,
+    random_unit_vectors,
+    recipe_sql,
+    recipe_top_k,
+)
 
 DIM = 4096  # bge-en-icl's width
 N = 300
@@ -60,45 +68,28 @@ def test_float_indexes_refuse_4096_dimensions(
         conn.execute(f"CREATE INDEX ON {items} USING {method} ({column} {ops})")
 
 
-# The recipe, as docs/vector-stores.md gives it: HNSW over the sign bits, exact cosine over the candidates.
-BIT_INDEX = f"CREATE INDEX ON {{table}} USING hnsw ((binary_quantize(embedding)::bit({DIM})) bit_hamming_ops)"
-SEARCH = f"""
-SELECT id FROM (
-    SELECT id, embedding FROM {{table}}
-    ORDER BY binary_quantize(embedding)::bit({DIM}) <~> binary_quantize(%(query)s::vector({DIM}))
-    LIMIT %(candidates)s
-) AS candidates
-ORDER BY embedding <=> %(query)s::vector({DIM})
-LIMIT %(k)s
-"""
+SEARCH = recipe_sql("items_4096", "id", DIM)
 
 
 @pytest.fixture(scope="module")
 def bit_indexed(conn: psycopg.Connection, items: str) -> str:
-    conn.execute(BIT_INDEX.format(table=items))
+    conn.execute(bit_index_sql(items, DIM))
     return items
-
-
-def search(conn: psycopg.Connection, table: str, query: np.ndarray, candidates: int, k: int = 10) -> list[int]:
-    params = {"query": query, "candidates": candidates, "k": k}
-    return [row[0] for row in conn.execute(SEARCH.format(table=table), params).fetchall()]
 
 
 def test_the_bit_index_serves_the_candidates(conn: psycopg.Connection, bit_indexed: str, vectors: np.ndarray) -> None:
     """The planner can answer the inner query from the index (forced here: at 300 rows a scan is cheaper)."""
-    params = {"query": vectors[0], "candidates": 40, "k": 10}
+    params = {"q": vectors[0], "candidates": 40, "k": 10}
     with conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")
-        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + SEARCH.format(table=bit_indexed), params))
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + SEARCH, params))
     assert "Index Scan using items_4096_binary_quantize_idx on items_4096" in plan, plan
 
 
 def test_rerank_is_exact_over_the_candidates(conn: psycopg.Connection, bit_indexed: str, vectors: np.ndarray) -> None:
-    """With every row a candidate (ef_search >= N), the recipe's top 10 is brute force's; with fewer, the top 10 of
-    what the index returned, by exact cosine."""
-    conn.execute(f"SET hnsw.ef_search = {N}")
+    """With every row a candidate (ef_search >= N), the recipe's top 10 is brute force's."""
     for query in random_unit_vectors(5, DIM, seed=1):
-        assert search(conn, bit_indexed, query, candidates=N) == exact_top_k(vectors, query, k=10)
+        assert recipe_top_k(conn, SEARCH, query, candidates=N, k=10) == exact_top_k(vectors, query, k=10)
 
 
 def test_binary_quantize_is_our_ubinary_output(conn: psycopg.Connection, core: ICLEmbedder) -> None:
