@@ -4,6 +4,7 @@ passage path). Then docs/vector-stores.md's recipe on PGVectorStore's own table:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ pytest.importorskip("llama_index.vector_stores.postgres")
 import psycopg
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.schema import TextNode
+from llama_index.core.vector_stores import VectorStoreQuery
 from llama_index.vector_stores.postgres import PGVectorStore
 
 from llamaindex_bge_icl import BgeIclEmbedding
@@ -27,6 +29,7 @@ from tests.stores.conftest import (
     bit_index_sql,
     deleted_and_kept,
     ids,
+    random_unit_vectors,
     recipe_sql,
     recipe_top_k,
     sqlalchemy_url,
@@ -103,3 +106,18 @@ def test_bit_index_recipe_on_the_llamaindex_table(
         for query in QUERIES:
             found = recipe_top_k(conn, sql, str(embed_model.get_query_embedding(query)), candidates=len(CORPUS))
             assert found == brute.top_k(query)
+
+
+def test_hnsw_kwargs_at_4096_dimensions_leave_no_index(postgres: str, caplog: pytest.LogCaptureFixture) -> None:
+    """``hnsw_kwargs`` asks pgvector for a float HNSW index, which it refuses above 2,000 dimensions; PGVectorStore
+    only logs a warning and goes on without one (docs/vector-stores.md tells users not to pass it at 4,096)."""
+    vectors = random_unit_vectors(3)
+    store = open_store(postgres, "li_4096", 4096, hnsw_kwargs={"hnsw_m": 16, "hnsw_ef_construction": 64})
+    with caplog.at_level(logging.WARNING):
+        store.add([TextNode(text=f"row {i}", embedding=v.tolist()) for i, v in enumerate(vectors)])
+    assert "column cannot have more than 2000 dimensions for hnsw index" in caplog.text
+    with psycopg.connect(postgres) as conn:
+        indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'data_li_4096'").fetchall()
+    assert not any("hnsw" in row[0] for row in indexes)
+    found = store.query(VectorStoreQuery(query_embedding=vectors[1].tolist(), similarity_top_k=1))
+    assert [node.get_content() for node in found.nodes] == ["row 1"]  # exact search still works
