@@ -18,10 +18,11 @@ MODEL ?= BAAI/bge-en-icl
 
 # Every environment installs exact versions from its lock (locks/*.txt, made from locks/*.in by `make lock`) with uv,
 # pinned here; pyproject.toml keeps the version ranges a user's pip resolves. uv reads no pip.conf, so it is given the
-# find-links that pip is given through the environment (where the CPU build of torch lies on these machines).
+# find-links that pip is given (PIP_FIND_LINKS, else pip's config): where the CPU build of torch lies on these machines.
 UV_VERSION := 0.13.10
 UV := $(TOOLS)/bin/uv
-UV_SOURCES := $(foreach link,$(PIP_FIND_LINKS),--find-links $(link))
+FIND_LINKS := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_SOURCES := $(foreach link,$(FIND_LINKS),--find-links $(link))
 LOCK_PYTHON := 3.11
 LOCKED := $(TOOLS)/bin/python locks/check.py
 
