@@ -20,10 +20,11 @@ MODEL ?= BAAI/bge-en-icl
 
 # Every environment installs exact versions from its lock (locks/*.txt, made from locks/*.in by `make lock`) with uv,
 # pinned here; pyproject.toml keeps the version ranges a user's pip resolves. uv reads no pip.conf, so it is given the
-# find-links that pip is given through the environment (where the CPU build of torch lies on these machines).
+# find-links that pip is given (PIP_FIND_LINKS, else pip's config): where the CPU build of torch lies on these machines.
 UV_VERSION := 0.13.10
 UV := $(TOOLS)/bin/uv
-UV_SOURCES := $(foreach link,$(PIP_FIND_LINKS),--find-links $(link))
+FIND_LINKS := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_SOURCES := $(foreach link,$(FIND_LINKS),--find-links $(link))
 LOCK_PYTHON := 3.11
 LOCKED := $(TOOLS)/bin/python locks/check.py
 
@@ -39,7 +40,7 @@ define locked_venv
 	touch $(1)/.installed
 endef
 
-.PHONY: demo demo-tiny test lint check-locks lock test-latest clean bench-cpu bench-prefix bench-gpu-files bench-serve bench-stores
+.PHONY: demo demo-tiny test lint check-locks lock lock-upgrade test-latest clean bench-cpu bench-prefix bench-gpu-files bench-serve bench-stores
 
 $(TOOLS)/.installed:
 	$(PYTHON) -m venv $(TOOLS)
@@ -60,17 +61,24 @@ $(FLOOR)/.installed: $(TOOLS)/.installed locks/floor.txt locks/torch.txt pyproje
 $(INFINITY)/.installed: $(TOOLS)/.installed locks/infinity.txt locks/torch.txt
 	$(call locked_venv,$(INFINITY),locks/infinity.txt,)
 
-# Regenerate every lock from locks/*.in and pyproject.toml's ranges: the newest versions that fit, today.
-# Then `make test` (it rebuilds the venvs from the new locks) before committing them; see docs/contributing.md.
-lock: $(TOOLS)/.installed
-	for env in test ref floor infinity; do \
-	  $(UV) pip compile -q locks/$$env.in $(UV_SOURCES) --python-version $(LOCK_PYTHON) --constraint locks/torch.txt \
-	    --no-emit-package torch --no-emit-package bge-icl --upgrade --custom-compile-command "make lock" \
-	    -o locks/$$env.txt || exit 1; \
-	done
+# `make lock`: bring every lock (locks/*.txt) in line with locks/*.in and pyproject.toml, keeping the versions it
+# already pins where they still fit (after adding or changing a dependency). `make lock-upgrade`: the newest versions
+# that fit, today. Then `make test` (it rebuilds the venvs from the new locks) before committing; docs/contributing.md.
+LOCK_ENVS := test ref floor infinity
+COMPILE = $(UV) pip compile -q locks/$(1).in $(UV_SOURCES) --python-version $(LOCK_PYTHON) --constraint locks/torch.txt \
+	--no-emit-package torch --no-emit-package bge-icl --custom-compile-command "make lock" -o $(2)
 
-# Each environment holds exactly its lock (a venv changed by hand, or a stale one, fails here).
+lock: $(TOOLS)/.installed
+	$(foreach env,$(LOCK_ENVS),$(call COMPILE,$(env),locks/$(env).txt) &&) true
+
+lock-upgrade: $(TOOLS)/.installed
+	$(foreach env,$(LOCK_ENVS),$(call COMPILE,$(env),locks/$(env).txt) --upgrade &&) true
+
+# Each lock still fits pyproject.toml and its .in file (resolving again from the lock's own pins changes nothing),
+# and each environment holds exactly its lock (a venv changed by hand, or a stale one, fails here).
 check-locks: $(VENV)/.installed $(REF)/.installed $(FLOOR)/.installed
+	$(foreach env,$(LOCK_ENVS),cp locks/$(env).txt $(TOOLS)/$(env).txt && $(call COMPILE,$(env),$(TOOLS)/$(env).txt) && \
+	  { cmp -s locks/$(env).txt $(TOOLS)/$(env).txt || { echo "locks/$(env).txt is stale: run make lock"; exit 1; }; } &&) true
 	$(LOCKED) $(VENV)/bin/python locks/test.txt
 	$(LOCKED) $(REF)/bin/python locks/ref.txt
 	$(LOCKED) $(FLOOR)/bin/python locks/floor.txt
