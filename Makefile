@@ -25,6 +25,8 @@ UV_VERSION := 0.13.10
 UV := $(TOOLS)/bin/uv
 FIND_LINKS := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_SOURCES := $(foreach link,$(FIND_LINKS),--find-links $(link))
+# Copies, not hard links into uv's cache: nltk (under llama-index-core) refuses to read a multiply-linked file.
+UV_INSTALL := $(UV) pip install -q --link-mode copy
 LOCK_PYTHON := 3.11
 LOCKED := $(TOOLS)/bin/python locks/check.py
 
@@ -33,9 +35,9 @@ LOCKED := $(TOOLS)/bin/python locks/check.py
 define locked_venv
 	rm -rf $(1)
 	$(PYTHON) -m venv $(1)
-	$(UV) pip install -q --python $(1)/bin/python $(UV_SOURCES) "$(TORCH)"
-	$(UV) pip install -q --python $(1)/bin/python $(UV_SOURCES) --no-deps -r $(2)
-	$(if $(3),$(UV) pip install -q --python $(1)/bin/python --no-deps -e .)
+	$(UV_INSTALL) --python $(1)/bin/python $(UV_SOURCES) "$(TORCH)"
+	$(UV_INSTALL) --python $(1)/bin/python $(UV_SOURCES) --no-deps -r $(2)
+	$(if $(3),$(UV_INSTALL) --python $(1)/bin/python --no-deps -e .)
 	$(LOCKED) $(1)/bin/python $(2)
 	touch $(1)/.installed
 endef
@@ -88,8 +90,8 @@ check-locks: $(VENV)/.installed $(REF)/.installed $(FLOOR)/.installed
 test-latest: $(TOOLS)/.installed
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
-	$(UV) pip install -q --python $(LATEST)/bin/python $(UV_SOURCES) "$(TORCH)"
-	$(UV) pip install -q --python $(LATEST)/bin/python $(UV_SOURCES) -e ".[test]"
+	$(UV_INSTALL) --python $(LATEST)/bin/python $(UV_SOURCES) "$(TORCH)"
+	$(UV_INSTALL) --python $(LATEST)/bin/python $(UV_SOURCES) -e ".[test]"
 	$(LATEST)/bin/ruff check .
 	$(LATEST)/bin/mypy
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
