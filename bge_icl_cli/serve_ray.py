@@ -96,6 +96,8 @@ def _start_ray(local: bool, signals: _Signals) -> None:
         ray.init(address=None if local else os.environ["RAY_ADDRESS"], include_dashboard=False, log_to_driver=False)
     except SystemExit:  # SIGTERM meets the handler ray.init installs while it starts (it exits the process)
         raise _Interrupted from None
+    except Exception as e:  # Ray raises a plain Exception when its processes do not start in time
+        raise CliError(f"Ray did not start: {one_line(str(e))}") from e
     signals.install()  # again, over ray.init's
 
 
