@@ -78,11 +78,12 @@ def run_ray(config: Any, args: argparse.Namespace, load_failure: Callable[[BaseE
             print(f"bge-icl: ready: {args.replicas} replica(s) on Ray", file=sys.stderr, flush=True)
             while not signals.count:
                 time.sleep(POLL_S)
-            _drain(control, args.replicas, args.drain_timeout, signals)
     except _Interrupted:
         pass
     finally:
-        signals.interrupt = False
+        signals.interrupt = False  # from here on, signals are polled
+        if control is not None and signals.count == 1:  # replicas may be serving, even before all are ready
+            _drain(control, args.drain_timeout, signals)
         _take_down(local)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -139,17 +140,20 @@ def _wait_running(control: Any, signals: _Signals, load_failure: Callable[[BaseE
     return False
 
 
-def _drain(control: Any, replicas: int, timeout: float, signals: _Signals) -> None:
+def _drain(control: Any, timeout: float, signals: _Signals) -> None:
     """Let the replicas finish their requests in flight (new ones get 503) for up to ``timeout`` seconds; a second
     signal ends the wait."""
     import ray
 
     ray.get(control.drain.remote())
-    deadline = time.monotonic() + timeout
-    while signals.count < 2 and time.monotonic() < deadline:
-        if ray.get(control.drained.remote(replicas)):
+    start = time.monotonic()
+    while signals.count < 2 and time.monotonic() - start < timeout:
+        if ray.get(control.drained.remote()):
+            print(f"bge-icl: drained in {time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
             return
         time.sleep(POLL_S)
+    print(f"bge-icl: stopping with requests in flight ({'a second signal' if signals.count > 1 else 'drain timeout'})",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _take_down(local: bool) -> None:

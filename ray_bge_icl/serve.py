@@ -81,7 +81,8 @@ class Control:
     def __init__(self) -> None:
         self._error: BaseException | None = None
         self._draining = False
-        self._left: dict[str, int] = {}  # replica -> requests in flight, reported since the drain began
+        self._in_flight: dict[str, int] = {}  # replica -> requests in flight, as it last reported
+        self._since_drain: set[str] = set()  # replicas that reported since the drain began
 
     def report_error(self, error: BaseException) -> None:
         """Keep ``error`` unless one was reported before."""
@@ -97,21 +98,22 @@ class Control:
 
     def report(self, replica: str, in_flight: int) -> bool:
         """A replica's requests in flight; returns whether to drain."""
+        self._in_flight[replica] = in_flight
         if self._draining:
-            self._left[replica] = in_flight
+            self._since_drain.add(replica)
         return self._draining
 
-    def drained(self, replicas: int) -> bool:
-        """Whether ``replicas`` replicas reported since the drain began, each with no request left."""
-        return len(self._left) >= replicas and not any(self._left.values())
+    def drained(self) -> bool:
+        """Whether every replica that ever reported has reported since the drain began, with no request left."""
+        return all(r in self._since_drain and not n for r, n in self._in_flight.items())
 
 
-class _Draining:
-    """ASGI middleware of a replica: counts its requests in flight, tells :class:`Control`, and answers 503 once
-    the drain began."""
+class _ReplicaDrain:
+    """A replica's side of the drain: tells :class:`Control` its requests in flight every ``period_s``, learns
+    whether to drain."""
 
-    def __init__(self, app: Any, control: Any, period_s: float = 0.2) -> None:
-        self.app, self.in_flight, self.draining = app, 0, False
+    def __init__(self, control: Any, period_s: float = 0.2) -> None:
+        self.in_flight, self.draining = 0, False
         replica = serve.get_replica_context().replica_id.unique_id
 
         def tell() -> None:
@@ -121,15 +123,22 @@ class _Draining:
 
         threading.Thread(target=tell, name="bge-icl-drain", daemon=True).start()
 
+
+class _Draining:
+    """ASGI middleware of a replica: counts its requests in flight; answers 503 once the drain began."""
+
+    def __init__(self, app: Any, drain: _ReplicaDrain) -> None:
+        self.app, self.drain = app, drain
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.draining:
+        if scope["type"] == "http" and self.drain.draining:
             await send_error(send, shutting_down())
             return
-        self.in_flight += 1
+        self.drain.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self.drain.in_flight -= 1
 
 
 def deployment(config: ServerConfig, control: Any = None, **deployment_options: Any) -> serve.Deployment:
@@ -151,7 +160,7 @@ def deployment(config: ServerConfig, control: Any = None, **deployment_options: 
             raise
         app = create_app(config, service)
         if control is not None:
-            app.add_middleware(_Draining, control=control)
+            app.add_middleware(_Draining, drain=_ReplicaDrain(control))
         return app
 
     @serve.ingress(asgi_app)

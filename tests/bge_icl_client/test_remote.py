@@ -18,12 +18,12 @@ pytest.importorskip("httpx")
 pytest.importorskip("langchain_core")
 pytest.importorskip("llama_index.core")
 
-from bge_icl import WEB_SEARCH_INSTRUCTION  # noqa: E402
-from bge_icl.errors import OptionTypeError  # noqa: E402
-from bge_icl_client import Endpoint, RemoteError  # noqa: E402
-from bge_icl_server import RunningServer, ServerConfig, load_example_set, serve_in_thread  # noqa: E402
-from langchain_bge_icl import BgeIclEmbeddings  # noqa: E402
-from llamaindex_bge_icl import BgeIclEmbedding  # noqa: E402
+from bge_icl import WEB_SEARCH_INSTRUCTION
+from bge_icl.errors import OptionTypeError
+from bge_icl_client import Endpoint, RemoteError
+from bge_icl_server import RunningServer, ServerConfig, load_example_set, serve_in_thread
+from langchain_bge_icl import BgeIclEmbeddings
+from llamaindex_bge_icl import BgeIclEmbedding
 
 KEY = "remote-key"
 QUERIES = ["how much protein should a female eat", "summit define", "Ünïcödé ☃ café"]
