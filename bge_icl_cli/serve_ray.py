@@ -105,10 +105,14 @@ def _start_ray(local: bool, signals: _Signals) -> None:
 def _deploy(config: Any, args: argparse.Namespace, port: int, signals: _Signals) -> Any:
     """Start Serve and, without waiting for it, the application; returns its :class:`Control` actor."""
     from ray import serve
+    from ray.exceptions import RayError
 
     from ray_bge_icl.serve import Control, application
 
-    serve.start(http_options={"host": args.host, "port": port})
+    try:
+        serve.start(http_options={"host": args.host, "port": port})
+    except RayError as e:  # its proxy or controller did not come up (a busy machine: Ray's own timeouts)
+        raise CliError(f"Ray Serve did not start: {one_line(str(e))}") from e
     shown = f"http://[{args.host}]:{port}" if ":" in args.host else f"http://{args.host}:{port}"
     print(f"bge-icl: listening on {shown} (model ids: {', '.join(config.model_ids)}); deploying {args.replicas} "
           f"replica(s) of {config.model} on Ray; GET /health answers 200 once ready", file=sys.stderr,

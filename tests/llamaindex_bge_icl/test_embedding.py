@@ -53,7 +53,7 @@ def test_is_a_base_embedding(emb: BgeIclEmbedding, options: dict[str, Any]) -> N
     assert set(EmbedderOptions.model_fields) <= set(BgeIclEmbedding.model_fields)
     for name, field in EmbedderOptions.model_fields.items():  # inherited, not declared again
         assert BgeIclEmbedding.model_fields[name].description == field.description
-    assert BgeIclEmbedding.framework_fields() == sorted(set(BaseEmbedding.model_fields) - {"model_name"})
+    assert BgeIclEmbedding.framework_fields() == sorted({*BaseEmbedding.model_fields, "endpoint"} - {"model_name"})
 
 
 def test_vectors_match_the_core(emb: BgeIclEmbedding, core: ICLEmbedder) -> None:
