@@ -197,7 +197,7 @@ def _flood(url: str, model: str, requests: int, texts: list[str]) -> tuple[list[
 
 
 def test_the_drain_is_bounded_and_the_rest_get_503_with_retry_after(tiny_dir: Path) -> None:
-    texts = [f"passage {i} about mountains and rivers " * 20 for i in range(150)]  # seconds of work each
+    texts = [f"passage {i} about mountains and rivers " * 20 for i in range(400)]  # seconds of work each
     with serving("--model", tiny_dir, *CPU, "--drain-timeout", "1") as (proc, url):
         threads, answers = _flood(url, tiny_dir.name, 4, texts)
         stopped = time.monotonic()
