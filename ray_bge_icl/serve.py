@@ -131,7 +131,10 @@ class _Draining:
         self.app, self.drain = app, drain
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.drain.draining:
+        if scope["type"] != "http":  # the lifespan lasts as long as the app: not a request
+            await self.app(scope, receive, send)
+            return
+        if self.drain.draining:
             await send_error(send, shutting_down())
             return
         self.drain.in_flight += 1
