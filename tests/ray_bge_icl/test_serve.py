@@ -1,7 +1,9 @@
 """Ray Serve: ``bge-icl serve``'s app on a local Ray (``ray.init(num_cpus=2)``), tiny checkpoint, 2 replicas of 0.5
 CPU. The ``openai`` client's vectors equal the local embedder's; the HTTP API is the one of ``bge-icl serve``; 200
 concurrent requests all succeed on both replicas; a replica killed under load is replaced and the client's own
-retries answer every request; a model that cannot load never serves; Ray leaves no process behind."""
+retries answer every request; a model that cannot load never serves; Ray leaves no process behind. The command
+line (``bge-icl serve --ray``, 3 replicas of 0.5 CPU): SIGTERM under load answers every request in flight and leaves
+no Ray process; SIGTERM while the replicas cannot be placed stops it at once; a replica's load error is printed."""
 
 from __future__ import annotations
 
