@@ -140,9 +140,13 @@ def test_usage_errors_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: pytes
         (["--batch-size", "0"], "bge-icl: error: --batch-size must be a positive int, got 0\n"),
         (["--max-inputs", "0"], "bge-icl: error: --max-inputs must be a positive int, got 0\n"),
         (["--dtype", "float8"], "bge-icl: error: --dtype float8 is not supported; valid: 'auto', 'float16', "),
-        (["--replicas", "2"], "bge-icl: error: --replicas needs --ray (one process serves one model; see --devices "
-                              "for several GPUs)\n"),
+        (["--replicas", "2"], "bge-icl: error: --replicas and --cpus-per-replica need --ray (one process serves one "
+                              "model; see --devices for several GPUs)\n"),
+        (["--cpus-per-replica", "0.5"], "bge-icl: error: --replicas and --cpus-per-replica need --ray"),
         (["--ray", "--replicas", "0"], "bge-icl: error: --replicas must be positive, got 0\n"),
+        (["--ray", "--cpus-per-replica", "-1"], "bge-icl: error: --cpus-per-replica must be a number of CPUs >= 0, "
+                                                "got -1\n"),
+        (["--drain-timeout", "0"], "bge-icl: error: --drain-timeout must be a positive number of seconds, got 0\n"),
     ]  # fmt: skip
     for argv, message in cases:
         code, err = run(capsys, "serve", "--model", tiny_dir, *CPU, *argv)
