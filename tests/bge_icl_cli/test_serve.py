@@ -180,8 +180,10 @@ def test_a_model_that_cannot_be_loaded_is_exit_2(tmp_path: Path) -> None:
     assert last.endswith("Or pass --model PATH to a local checkpoint directory.")
 
 
-def _flood(url: str, model: str, requests: int, texts: list[str]) -> tuple[list[threading.Thread], list[object]]:
-    """``requests`` concurrent requests of ``texts``, on threads; their responses (or errors) land in the list."""
+def post_in_threads(url: str, model: str, requests: int, texts: list[str]) -> tuple[list[threading.Thread],
+                                                                                     list[object]]:  # fmt: skip
+    """``requests`` concurrent ``POST /v1/embeddings`` of ``texts`` on threads; their responses (or errors) land in
+    the list."""
     answers: list[object] = []
 
     def call() -> None:
@@ -193,8 +195,14 @@ def _flood(url: str, model: str, requests: int, texts: list[str]) -> tuple[list[
     threads = [threading.Thread(target=call) for _ in range(requests)]
     for t in threads:
         t.start()
+    return threads, answers
+
+
+def _flood(url: str, model: str, requests: int, texts: list[str]) -> tuple[list[threading.Thread], list[object]]:
+    """:func:`post_in_threads`, returning once all of them are in flight."""
+    threads, answers = post_in_threads(url, model, requests, texts)
     deadline = time.monotonic() + 60
-    while f"bge_icl_queue_rows {requests * len(texts)}.0" not in httpx.get(f"{url}/metrics").text:  # all in flight
+    while f"bge_icl_queue_rows {requests * len(texts)}.0" not in httpx.get(f"{url}/metrics").text:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     return threads, answers

@@ -34,6 +34,7 @@ openai = pytest.importorskip("openai")
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder  # noqa: E402
 from bge_icl_server import ServerConfig, serve_in_thread  # noqa: E402
 from ray_bge_icl.serve import DEPLOYMENT_NAME, app_builder, build_app, replica_health  # noqa: E402
+from tests.bge_icl_cli.test_serve import post_in_threads  # noqa: E402
 from tests.bge_icl_server.conftest import PASSAGES, QUERIES, max_diff  # noqa: E402
 from tests.bge_icl_server.test_errors import check_error  # noqa: E402
 from tests.bge_icl_server.test_load import bench_module  # noqa: E402
@@ -307,17 +308,7 @@ def test_bge_icl_serve_ray_drains_on_sigterm_and_leaves_no_process(tiny_dir: Pat
         got = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0).embeddings.create(
             model="web-search", input=QUERIES, extra_body={"input_type": "query"})  # fmt: skip
         assert max_diff([d.embedding for d in got.data], local["web-search"].encode_queries(QUERIES)) <= 1e-5
-        answers: list[object] = []
-
-        def call() -> None:
-            try:
-                answers.append(httpx.post(f"{url}/v1/embeddings", json={"model": SERVED, "input": texts}, timeout=120))
-            except httpx.HTTPError as e:
-                answers.append(e)
-
-        calls = [threading.Thread(target=call) for _ in range(4)]
-        for t in calls:
-            t.start()
+        calls, answers = post_in_threads(url, SERVED, 4, texts)
         time.sleep(1.5)  # the requests are in flight (each takes seconds)
         proc.send_signal(signal.SIGTERM)
         for t in calls:
