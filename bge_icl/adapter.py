@@ -20,14 +20,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr
 from typing_extensions import Self
 
 from bge_icl.encoder import ICLEmbedder
 from bge_icl.flag_model import FlagICLModel
 from bge_icl.options import EmbedderOptions, check_names
-
-_EMBEDDER = "bge_icl_embedder"  # validation-context key: from_embedder() hands its ICLEmbedder to model_post_init
 
 
 class EmbedderModel(EmbedderOptions):
@@ -35,11 +33,26 @@ class EmbedderModel(EmbedderOptions):
 
     _embedder: ICLEmbedder = PrivateAttr()
 
-    def model_post_init(self, context: Any, /) -> None:
-        """Load the model (or reuse the process's copy), or take the embedder :meth:`from_embedder` hands over."""
-        super().model_post_init(context)
-        given = context.get(_EMBEDDER) if isinstance(context, Mapping) else None
-        self._embedder = given if given is not None else ICLEmbedder.from_options(self)
+    def __init__(self, /, **data: Any) -> None:
+        """Check the options and the framework's fields, then load the model (or reuse the process's copy).
+
+        Raises:
+            TypeError / ValueError: An unknown name or a bad value (:class:`~bge_icl.errors.OptionError`).
+        """
+        super().__init__(**data)
+        self._embedder = self._build_embedder()
+
+    def _build_embedder(self) -> ICLEmbedder:
+        """The embedder of these options (a subclass may build another kind)."""
+        return ICLEmbedder.from_options(self)
+
+    @classmethod
+    def _around(cls, embedder: Any, fields: Mapping[str, Any]) -> Self:
+        """An instance on ``embedder`` as it is: the fields checked as the constructor checks them, nothing built."""
+        adapter = cls.__new__(cls)
+        BaseModel.__init__(adapter, **fields)  # pydantic's validation alone, not this class's __init__
+        adapter._embedder = embedder
+        return adapter
 
     @classmethod
     def framework_fields(cls) -> list[str]:
@@ -70,8 +83,7 @@ class EmbedderModel(EmbedderOptions):
             raise TypeError(msg)
         if isinstance(embedder, FlagICLModel):  # its set_examples() would leave these fields stale: take a fixed copy
             embedder = ICLEmbedder.from_options(embedder.options)
-        data = {**embedder.options.option_values(), **fields}
-        return cls.model_validate(data, context={_EMBEDDER: embedder})
+        return cls._around(embedder, {**embedder.options.option_values(), **fields})
 
     @property
     def embedder(self) -> ICLEmbedder:
@@ -88,7 +100,8 @@ class EmbedderModel(EmbedderOptions):
         options = {k: v for k, v in changes.items() if k not in self.framework_fields()}
         fields = {name: getattr(self, name) for name in self.framework_fields()}
         fields.update((k, v) for k, v in changes.items() if k in fields)
-        return self.from_embedder(self._embedder.with_options(**options), **fields)
+        embedder = self._embedder.with_options(**options)
+        return self._around(embedder, {**embedder.options.option_values(), **fields})
 
     def with_examples(self, examples_for_task: Sequence[Mapping[str, str]] | None) -> Self:
         """The same embeddings with other few-shot examples (None = zero-shot), sharing the loaded weights."""

@@ -1,7 +1,9 @@
 """``bge-icl serve``: an OpenAI-compatible embeddings server (:mod:`bge_icl_server`, extra ``bge-icl[serve]``).
 
 One process: FastAPI on uvicorn, the core's batching behind it. It binds 127.0.0.1 unless ``--host`` says
-otherwise. SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0. Exit codes as for
+otherwise. SIGTERM or Ctrl-C stops accepting, lets the requests in flight finish for up to ``--drain-timeout``
+seconds (the rest get 503 with Retry-After) and exits 0; a second signal exits at once
+(:mod:`bge_icl_server.shutdown`). ``--ray`` is :mod:`bge_icl_cli.serve_ray`. Exit codes as for
 every subcommand: 1 bad flags, a port in use or a missing extra; 2 the model cannot be loaded.
 
 The parser imports neither the server nor torch (``bge-icl --help`` answers at once); the command imports them.
@@ -13,10 +15,7 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
     from bge_icl_server import EmbeddingService, ExampleSet
 
 API_KEY_ENV = "BGE_ICL_API_KEY"
+DEFAULT_DRAIN_TIMEOUT_S = 20.0  # bge_icl_server.shutdown's (a test checks); here, --help imports no server
 # Batching and length options of the core (EmbedderOptions), spelled out so that --help does not import torch;
 # a test checks that each is an option of the core with this meaning. None = the core's default.
 BATCHING_FLAGS = {
@@ -74,11 +74,18 @@ def add_serve_parser(sub: Any) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=f"{doc} (default {default:,})")
     for name, (kind, doc) in BATCHING_FLAGS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=doc)
+    # Shutdown and Ray (issue 28): how the server stops, and where --ray puts its replicas.
+    p.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="SECONDS",
+                   help="after SIGTERM or Ctrl-C, how long the requests in flight may take; the rest then get 503 "
+                        f"with Retry-After (default {DEFAULT_DRAIN_TIMEOUT_S:g}); a second signal exits at "
+                        "once")  # fmt: skip
     p.add_argument("--ray", action="store_true",
                    help="serve as a Ray Serve application (needs bge-icl[ray]): the cluster at $RAY_ADDRESS, else a "
                         "local one; Ray's proxy listens on --host/--port")  # fmt: skip
     p.add_argument("--replicas", type=int, default=1,
                    help="with --ray: replicas, each one model (one GPU each where the cluster has GPUs); default 1")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="CPUS",
+                   help="with --ray: CPUs Ray reserves for each replica (default 1; e.g. 0.5 for 3 replicas on 2 CPUs)")
     model_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -138,18 +145,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError("; ".join(words) or one_line(str(e))) from e
     except ValueError as e:
         raise CliError(one_line(str(e))) from e
+    if not args.drain_timeout > 0:
+        raise CliError(f"--drain-timeout must be a positive number of seconds, got {args.drain_timeout:g}")
     if args.ray:
-        return _run_ray(config, args.host, args.port, args.replicas)
-    if args.replicas != 1:
-        raise CliError("--replicas needs --ray (one process serves one model; see --devices for several GPUs)")
-    return _run(config, args.host, args.port, args.quiet)
+        from bge_icl_cli.serve_ray import run_ray
+
+        return run_ray(config, args, load_failure)
+    if args.replicas != 1 or args.cpus_per_replica != 1:
+        raise CliError("--replicas and --cpus-per-replica need --ray (one process serves one model; see --devices "
+                       "for several GPUs)")  # fmt: skip
+    return _run(config, args.host, args.port, args.quiet, args.drain_timeout)
 
 
-def _run(config: Any, host: str, port: int, quiet: bool) -> int:
-    import uvicorn
-
+def _run(config: Any, host: str, port: int, quiet: bool, drain_timeout: float) -> int:
     from bge_icl_server.app import create_app
     from bge_icl_server.background import listen, url_of
+    from bge_icl_server.shutdown import DrainingServer
 
     try:
         sock = listen(host, port)
@@ -159,20 +170,23 @@ def _run(config: Any, host: str, port: int, quiet: bool) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     app = create_app(config)
     service: EmbeddingService = app.state.service
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    server = DrainingServer(app, drain_timeout)
     print(f"bge-icl: listening on {url_of(sock)} (model ids: {', '.join(config.model_ids)}); loading "
           f"{config.model}; GET /health answers 200 once ready", file=sys.stderr, flush=True)  # fmt: skip
-    with _signals_end_the_server():
-        asyncio.run(_serve(server, service, sock))
+    asyncio.run(_serve(server, service, sock))
     if service.state == "failed":
-        from bge_icl.errors import OptionError
-
-        error = service.error
-        text = option_words(error, SERVE_FLAGS) if isinstance(error, OptionError) else one_line(str(error))
-        if isinstance(error, OSError):
-            raise CliError(f"{text} Or pass --model PATH to a local checkpoint directory.", EXIT_MODEL)
-        raise CliError(text)
+        raise load_failure(service.error)
     return EXIT_OK
+
+
+def load_failure(error: BaseException | None) -> CliError:
+    """The command's error for a model that did not load (exit 2 where the checkpoint cannot be read)."""
+    from bge_icl.errors import OptionError
+
+    text = option_words(error, SERVE_FLAGS) if isinstance(error, OptionError) else one_line(str(error))
+    if isinstance(error, OSError):
+        return CliError(f"{text} Or pass --model PATH to a local checkpoint directory.", EXIT_MODEL)
+    return CliError(text)
 
 
 async def _serve(server: Any, service: EmbeddingService, sock: Any) -> None:
@@ -187,63 +201,3 @@ async def _serve(server: Any, service: EmbeddingService, sock: Any) -> None:
         await server.serve(sockets=[sock])
     finally:
         watcher.cancel()
-
-
-def _run_ray(config: Any, host: str, port: int, replicas: int) -> int:
-    """``--ray``: deploy on Ray Serve, wait for SIGTERM or Ctrl-C, then take the application down (and the local
-    Ray this command started)."""
-    require("ray.serve", "bge-icl serve --ray", "ray")
-    if replicas <= 0:
-        raise CliError(f"--replicas must be positive, got {replicas}")
-    import threading
-
-    import ray
-    from ray import serve
-
-    from bge_icl_server.background import listen
-    from ray_bge_icl.serve import application
-
-    if port == 0:  # Ray's proxy binds the port itself: pick a free one
-        with listen(host, 0) as probe:
-            port = probe.getsockname()[1]
-    stop = threading.Event()
-    local = not os.environ.get("RAY_ADDRESS")
-    ray.init(address=None if local else os.environ["RAY_ADDRESS"], include_dashboard=False, log_to_driver=False)
-    # After ray.init, which installs its own SIGTERM handler (it aborts the process).
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        serve.start(http_options={"host": host, "port": port})
-        shown = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        print(f"bge-icl: listening on {shown} (model ids: {', '.join(config.model_ids)}); deploying {replicas} "
-              f"replica(s) of {config.model} on Ray; GET /health answers 200 once ready", file=sys.stderr,
-              flush=True)  # fmt: skip
-        try:
-            serve.run(application(config, num_replicas=replicas), name="bge-icl", route_prefix="/")
-        except RuntimeError as e:
-            raise CliError(f"the Ray Serve application did not start: {' '.join(str(e).split())}", EXIT_MODEL) from e
-        print(f"bge-icl: ready: {replicas} replica(s) on Ray", file=sys.stderr, flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        if ray.is_initialized():
-            if local:
-                serve.shutdown()
-                ray.shutdown()
-            else:
-                serve.delete("bge-icl")
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return EXIT_OK
-
-
-@contextmanager
-def _signals_end_the_server() -> Iterator[None]:
-    """While uvicorn serves, SIGTERM and SIGINT are its (stop accepting, finish in flight); it raises the signal
-    again once done, which these no-op handlers absorb, so that the command exits 0."""
-    handled = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in handled}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -6,15 +6,15 @@ from typing import TYPE_CHECKING
 
 from langchain_core.embeddings import Embeddings
 
-from bge_icl.adapter import EmbedderModel
 from bge_icl.inputs import as_one_text, as_text_batch
+from bge_icl_client.adapter import ServedModel
 
 if TYPE_CHECKING:
     from langchain_classic.embeddings import CacheBackedEmbeddings
     from langchain_core.stores import ByteStore
 
 
-class BgeIclEmbeddings(EmbedderModel, Embeddings):
+class BgeIclEmbeddings(ServedModel, Embeddings):
     """BAAI/bge-en-icl embeddings for LangChain: few-shot (in-context) queries, plain passages.
 
     A drop-in for ``HuggingFaceEmbeddings``: ``embed_documents`` encodes passages as they are and

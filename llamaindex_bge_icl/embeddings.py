@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import contextvars
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
-from bge_icl.adapter import EmbedderModel
 from bge_icl.inputs import as_one_text, as_text_batch
-from bge_icl.truncation import OnTruncation
+from bge_icl_client.adapter import ServedModel
 
 QUERY_CACHE_COLLECTION = "bge_icl_query_embeddings"
 """The ``embeddings_cache`` collection that holds query vectors (passages stay in ``"embeddings"``)."""
 EMBED_BATCH_SIZE = 64
 """``embed_batch_size``'s default here (LlamaIndex's is 10, too few for the core's token-budget batching)."""
-
-# Set while get_text_embedding_batch runs its embed_batch_size chunks (truncation already reported for the call).
-_BATCH_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("bge_icl_batch_checked", default=False)
 
 
 class _QueryCacheView:
@@ -46,7 +41,7 @@ class _QueryCacheView:
         await self._store.aput(key=self._key_prefix + key, val=val, collection=QUERY_CACHE_COLLECTION)
 
 
-class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
+class BgeIclEmbedding(ServedModel, BaseEmbedding):
     """BAAI/bge-en-icl embeddings for LlamaIndex: few-shot (in-context) queries, plain passages.
 
     Queries get the few-shot examples and the task instruction; passages (node text in
@@ -56,9 +51,10 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
 
     Calls put their rows in the core's queue (sync calls wait, async calls await without blocking the event loop),
     and concurrent calls on one model share forward passes (:mod:`bge_icl.scheduler`).
-    ``embed_batch_size`` texts (:data:`EMBED_BATCH_SIZE` by default, not LlamaIndex's 10) go to
-    each call and the core sorts them by length and splits them into forward passes by ``batch_size`` and
-    ``max_batch_tokens``.
+    ``get_text_embedding_batch`` hands the whole list to one core call (tokenized once, one truncation report), and
+    the core sorts it by length and splits it into forward passes by ``batch_size`` and ``max_batch_tokens``;
+    ``embed_batch_size`` (:data:`EMBED_BATCH_SIZE` by default) only sizes LlamaIndex's chunks (its events, cache
+    writes) and the calls of LlamaIndex's other batch paths.
 
     With ``embeddings_cache`` set, passages are cached as in LlamaIndex (raw text keys in the
     ``"embeddings"`` collection) and queries in :data:`QUERY_CACHE_COLLECTION` under a key that also
@@ -86,12 +82,7 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
         le=2048,
         description="Texts per core call; the core splits them into forward passes by its token budget.",
     )
-    _query_key_prefix: str = PrivateAttr()
-
-    def model_post_init(self, context: Any, /) -> None:
-        """Build (or take over) the encoder, then name the query-cache keys after its fingerprint."""
-        super().model_post_init(context)
-        self._query_key_prefix = f"bge-icl:{self._embedder.fingerprint('queries')[:32]}:"
+    _answers: dict[str, Embedding] | None = PrivateAttr(default=None)
 
     @classmethod
     def class_name(cls) -> str:
@@ -107,9 +98,9 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
         return self._embedder.encode_corpus([text])[0].tolist()
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        # Inside get_text_embedding_batch the whole batch was already checked for truncation once.
-        mode: OnTruncation | None = "ignore" if _BATCH_CHECKED.get() else None
-        return self._embedder.encode_corpus(texts, on_truncation=mode).tolist()
+        if self._answers is not None:  # a view of get_text_embedding_batch: the whole batch is embedded already
+            return [self._answers[text] for text in texts]
+        return self._embedder.encode_corpus(texts).tolist()
 
     # Async hooks: rows join the core's scheduler, so concurrent calls (and the chunks of one batch, which LlamaIndex
     # gathers at once) share forward passes; cancelling the task drops the rows that have not run.
@@ -121,15 +112,16 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
         return (await self._embedder.aembed([text], "passages")).vectors[0].tolist()
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        mode: OnTruncation | None = "ignore" if _BATCH_CHECKED.get() else None
-        return (await self._embedder.aembed(texts, "passages", on_truncation=mode)).vectors.tolist()
+        if self._answers is not None:
+            return [self._answers[text] for text in texts]
+        return (await self._embedder.aembed(texts, "passages")).vectors.tolist()
 
     # -- query-side cache keys ------------------------------------------------------------------
 
     def _query_side(self) -> BgeIclEmbedding:
         if self.embeddings_cache is None:
             return self
-        view = _QueryCacheView(self.embeddings_cache, self._query_key_prefix)
+        view = _QueryCacheView(self.embeddings_cache, f"bge-icl:{self._embedder.fingerprint('queries')[:32]}:")
         return self.model_copy(update={"embeddings_cache": view})  # shallow: same encoder, same callbacks
 
     def get_query_embedding(self, query: str) -> Embedding:
@@ -160,8 +152,15 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
         """Async :meth:`get_text_embedding`; concurrent calls share forward passes."""
         return await super().aget_text_embedding(as_one_text(text))
 
+    def _answering(self, texts: list[str], vectors: Any) -> BgeIclEmbedding:
+        """A view that answers LlamaIndex's ``embed_batch_size`` chunks of ``texts`` from ``vectors`` (N, d)."""
+        view = self.model_copy()  # shallow: same encoder, same callbacks and cache; its own private answers
+        view._answers = dict(zip(texts, vectors.tolist(), strict=True))
+        return view
+
     def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[Embedding]:
-        """Embed passages in chunks of ``embed_batch_size``; every item is checked before the first chunk runs.
+        """Embed passages: one core call for the whole list (tokenized once, one truncation report naming indices in
+        ``texts``), then LlamaIndex's ``embed_batch_size`` chunks (events, cache) take their rows from it.
 
         Raises:
             TypeError: ``texts`` is a single str (or bytes, a dict, not iterable), or an item is not a str;
@@ -169,21 +168,14 @@ class BgeIclEmbedding(EmbedderModel, BaseEmbedding):
             ValueError: An item holds a lone surrogate.
         """
         texts = as_text_batch(texts)
-        self._embedder.check_truncation(texts, "passages")  # one warning (or error) per call, not per chunk
-        token = _BATCH_CHECKED.set(True)
-        try:
-            return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
-        finally:
-            _BATCH_CHECKED.reset(token)
+        view = self._answering(texts, self._embedder.embed(texts, "passages").vectors)
+        return super(BgeIclEmbedding, view).get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
 
     async def aget_text_embedding_batch(
         self, texts: list[str], show_progress: bool = False, **kwargs: Any
     ) -> list[Embedding]:
-        """Async :meth:`get_text_embedding_batch`; the chunks share forward passes, cancelling drops unrun rows."""
+        """Async :meth:`get_text_embedding_batch`; cancelling drops the rows that have not run."""
         texts = as_text_batch(texts)
-        self._embedder.check_truncation(texts, "passages")
-        token = _BATCH_CHECKED.set(True)  # copied into the chunk tasks
-        try:
-            return await super().aget_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
-        finally:
-            _BATCH_CHECKED.reset(token)
+        view = self._answering(texts, (await self._embedder.aembed(texts, "passages")).vectors)
+        return await super(BgeIclEmbedding, view).aget_text_embedding_batch(texts, show_progress=show_progress,
+                                                                            **kwargs)  # fmt: skip

@@ -6,7 +6,8 @@ in the tools venv). It asks ``VENV_PYTHON`` for every installed distribution and
 
 - every locked package must be installed at exactly the locked version;
 - torch must be the version in ``locks/torch.txt`` (a local build label such as ``+cpu`` is allowed);
-- nothing else may be installed, apart from the venv's own pip / setuptools and this package (``bge-icl``).
+- nothing else may be installed, apart from the venv's own pip / setuptools, this package (``bge-icl``) and what a
+  CUDA build of torch brings (``nvidia-*``, ``triton``) on a machine whose sources serve that build.
 
 Exit 0 when all holds; else 1, with one line per difference and what to do. ``make check-locks`` (part of
 ``make lint``, so of ``make test``) runs it for every test environment.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ALWAYS_ALLOWED = {"pip", "setuptools", "wheel", "bge-icl"}
+TORCH_BUILD_EXTRAS = ("nvidia-", "triton")  # what a CUDA build of torch brings beside the CPU build's dependencies
 LIST_INSTALLED = (
     "import importlib.metadata as m, json; "
     "print(json.dumps(sorted({(d.metadata['Name'], d.version) for d in m.distributions() if d.metadata['Name']})))"
@@ -67,7 +69,8 @@ def differences(have: dict[str, str], pins: dict[str, str], torch_pin: dict[str,
         base = have.get(name, "").split("+")[0]
         if base != version:
             problems.append(f"{name} {have.get(name, '(none)')} is installed, {version} is locked (locks/torch.txt)")
-    for name in sorted(set(have) - set(pins) - set(torch_pin) - ALWAYS_ALLOWED):
+    extra = set(have) - set(pins) - set(torch_pin) - ALWAYS_ALLOWED
+    for name in sorted(n for n in extra if not n.startswith(TORCH_BUILD_EXTRAS)):
         problems.append(f"{name} {have[name]} is installed but not in the lock")
     return problems
 

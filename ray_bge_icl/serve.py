@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +27,7 @@ from fastapi import FastAPI
 from bge_icl.quickstart import DEFAULT_MODEL
 from bge_icl_server import EmbeddingService, ServerConfig, create_app, load_example_set
 from bge_icl_server.config import DEFAULT_MAX_INPUTS, DEFAULT_MAX_QUEUE_ROWS, DEFAULT_MAX_REQUEST_BYTES
+from bge_icl_server.shutdown import send_error, shutting_down
 
 try:
     import ray
@@ -65,13 +68,103 @@ def replica_stats(app: FastAPI) -> dict[str, Any]:
     }
 
 
-def deployment(config: ServerConfig, **deployment_options: Any) -> serve.Deployment:
-    """The Ray Serve deployment serving ``config``; ``deployment_options`` go to ``serve.deployment``."""
+@ray.remote(num_cpus=0)
+class Control:
+    """What ``bge-icl serve --ray`` and its replicas tell each other (one small actor, no CPU):
+
+    - why a replica's model did not load, as the exception itself (its fields kept; Ray's own status only says
+      that the deployment failed);
+    - the drain: once :meth:`drain` is called, replicas answer new requests 503 with ``Retry-After``, finish the
+      ones in flight, and report how many are left, until :meth:`drained`.
+    """
+
+    def __init__(self) -> None:
+        self._error: BaseException | None = None
+        self._draining = False
+        self._in_flight: dict[str, int] = {}  # replica -> requests in flight, as it last reported
+        self._since_drain: set[str] = set()  # replicas that reported since the drain began
+
+    def report_error(self, error: BaseException) -> None:
+        """Keep ``error`` unless one was reported before."""
+        self._error = self._error or error
+
+    def first_error(self) -> BaseException | None:
+        """The first reported load error, or None."""
+        return self._error
+
+    def drain(self) -> None:
+        """Begin the drain."""
+        self._draining = True
+
+    def report(self, replica: str, in_flight: int) -> bool:
+        """A replica's requests in flight; returns whether to drain."""
+        self._in_flight[replica] = in_flight
+        if self._draining:
+            self._since_drain.add(replica)
+        return self._draining
+
+    def drained(self) -> bool:
+        """Whether every replica that ever reported has reported since the drain began, with no request left."""
+        return all(r in self._since_drain and not n for r, n in self._in_flight.items())
+
+
+class _ReplicaDrain:
+    """A replica's side of the drain: tells :class:`Control` its requests in flight every ``period_s``, learns
+    whether to drain."""
+
+    def __init__(self, control: Any, period_s: float = 0.2) -> None:
+        self.in_flight, self.draining = 0, False
+        replica = serve.get_replica_context().replica_id.unique_id
+
+        def tell() -> None:
+            while True:
+                self.draining = ray.get(control.report.remote(replica, self.in_flight))
+                time.sleep(period_s)
+
+        threading.Thread(target=tell, name="bge-icl-drain", daemon=True).start()
+
+
+class _Draining:
+    """ASGI middleware of a replica: counts its requests in flight; answers 503 once the drain began."""
+
+    def __init__(self, app: Any, drain: _ReplicaDrain) -> None:
+        self.app, self.drain = app, drain
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # the lifespan lasts as long as the app: not a request
+            await self.app(scope, receive, send)
+            return
+        if self.drain.draining:
+            await send_error(send, shutting_down())
+            return
+        self.drain.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.drain.in_flight -= 1
+
+
+def deployment(config: ServerConfig, control: Any = None, **deployment_options: Any) -> serve.Deployment:
+    """The Ray Serve deployment serving ``config``; ``deployment_options`` go to ``serve.deployment``.
+
+    Args:
+        config: What each replica serves.
+        control: A :class:`Control` actor (load errors, the drain), or None.
+        **deployment_options: ``serve.deployment``'s options.
+    """
 
     def asgi_app() -> FastAPI:  # runs in each replica as it starts: Ray routes to it once this returns
         service = EmbeddingService(config)
-        service.load()  # raises when the model cannot be loaded: the replica never becomes ready
-        return create_app(config, service)
+        try:
+            service.load()  # raises when the model cannot be loaded: the replica never becomes ready
+        except Exception as error:  # any load error: reported as it is, then raised to Ray
+            if control is not None:
+                ray.get(control.report_error.remote(error))
+            raise
+        app = create_app(config, service)
+        if control is not None:
+            app.add_middleware(_Draining, drain=_ReplicaDrain(control))
+        return app
 
     @serve.ingress(asgi_app)
     class BgeIclEmbeddings:
@@ -163,9 +256,10 @@ def application(
     autoscaling_config: Mapping[str, Any] | None = None,
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
     deployment_options: Mapping[str, Any] | None = None,
+    control: Any = None,
 ) -> serve.Application:
     """The application serving a ready-made ``config`` (``bge-icl serve --ray`` builds one from its flags); the
-    keyword arguments as for :func:`build_app`."""
+    keyword arguments as for :func:`build_app`, and ``control`` as for :func:`deployment`."""
     if num_replicas is not None and autoscaling_config is not None:
         msg = "pass num_replicas or autoscaling_config, not both (autoscaling decides the number of replicas)"
         raise ValueError(msg)
@@ -179,7 +273,7 @@ def application(
     )
     extra = dict(deployment_options or {})
     extra["ray_actor_options"] = {**actor_options, **extra.get("ray_actor_options", {})}
-    return deployment(config, max_ongoing_requests=max_ongoing_requests, **scaling, **extra).bind()
+    return deployment(config, control, max_ongoing_requests=max_ongoing_requests, **scaling, **extra).bind()
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -17,7 +17,7 @@ from bge_icl import EmbedderOptions
 ROOT = Path(__file__).resolve().parents[1]
 ABOVE_THE_CORE = ("langchain", "llama_index", "ray", "bge_icl_cli", "langchain_bge_icl", "llamaindex_bge_icl",
                   "ray_bge_icl", "sentence_transformers", "mteb", "mteb_bge_icl", "bge_icl_server", "fastapi",
-                  "uvicorn", "prometheus_client")
+                  "uvicorn", "prometheus_client", "bge_icl_client", "httpx")
 # An optional library the core may import, lazily, in this one module only (the extra's single entry point):
 # quantize_embeddings, for precision="int8" etc. The SentenceTransformer interop itself imports nothing.
 OPTIONAL_IN_THE_CORE = {"sentence_transformers": "precision.py"}
@@ -67,7 +67,8 @@ def test_the_import_checker_sees_lazy_imports(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "package", ["langchain_bge_icl", "llamaindex_bge_icl", "bge_icl", "bge_icl_cli", "mteb_bge_icl", "bge_icl_server"]
+    "package", ["langchain_bge_icl", "llamaindex_bge_icl", "bge_icl", "bge_icl_cli", "mteb_bge_icl", "bge_icl_server",
+                "bge_icl_client"]
 )
 def test_no_import_cycle_inside_a_package(package: str) -> None:
     modules = {p.stem: p for p in (ROOT / package).glob("*.py") if p.stem != "__init__"}

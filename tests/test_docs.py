@@ -36,6 +36,9 @@ _OPTIONAL = {
     "openai": "openai",
     "langchain_nvidia_ai_endpoints": "langchain_nvidia_ai_endpoints",
     "llama_index.embeddings.nvidia": "llama_index.embeddings.nvidia",
+    "pgserver": "pgserver",
+    "psycopg": "psycopg",
+    "langchain_postgres": "langchain_postgres",
 }
 
 

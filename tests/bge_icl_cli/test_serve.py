@@ -21,7 +21,7 @@ import pytest
 
 from bge_icl import ICLEmbedder
 from bge_icl_cli.cli import main
-from bge_icl_cli.serve import BATCHING_FLAGS, LIMIT_FLAGS
+from bge_icl_cli.serve import BATCHING_FLAGS, DEFAULT_DRAIN_TIMEOUT_S, LIMIT_FLAGS
 
 CPU = ["--devices", "cpu"]
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
@@ -37,6 +37,7 @@ def test_flags_are_the_cores_options_and_the_servers_limits() -> None:
     server_config = pytest.importorskip("bge_icl_server.config")
     for name, (default, _) in LIMIT_FLAGS.items():
         assert server_config.ServerConfig.model_fields[name].default == default
+    assert DEFAULT_DRAIN_TIMEOUT_S == pytest.importorskip("bge_icl_server.shutdown").DEFAULT_DRAIN_TIMEOUT_S < 30
 
 
 def test_without_the_extra_serve_prints_an_install_hint(monkeypatch: pytest.MonkeyPatch,
@@ -139,9 +140,13 @@ def test_usage_errors_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: pytes
         (["--batch-size", "0"], "bge-icl: error: --batch-size must be a positive int, got 0\n"),
         (["--max-inputs", "0"], "bge-icl: error: --max-inputs must be a positive int, got 0\n"),
         (["--dtype", "float8"], "bge-icl: error: --dtype float8 is not supported; valid: 'auto', 'float16', "),
-        (["--replicas", "2"], "bge-icl: error: --replicas needs --ray (one process serves one model; see --devices "
-                              "for several GPUs)\n"),
+        (["--replicas", "2"], "bge-icl: error: --replicas and --cpus-per-replica need --ray (one process serves one "
+                              "model; see --devices for several GPUs)\n"),
+        (["--cpus-per-replica", "0.5"], "bge-icl: error: --replicas and --cpus-per-replica need --ray"),
         (["--ray", "--replicas", "0"], "bge-icl: error: --replicas must be positive, got 0\n"),
+        (["--ray", "--cpus-per-replica", "-1"], "bge-icl: error: --cpus-per-replica must be a number of CPUs >= 0, "
+                                                "got -1\n"),
+        (["--drain-timeout", "0"], "bge-icl: error: --drain-timeout must be a positive number of seconds, got 0\n"),
     ]  # fmt: skip
     for argv, message in cases:
         code, err = run(capsys, "serve", "--model", tiny_dir, *CPU, *argv)
@@ -173,3 +178,70 @@ def test_a_model_that_cannot_be_loaded_is_exit_2(tmp_path: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("bge-icl: error: ")
     assert last.endswith("Or pass --model PATH to a local checkpoint directory.")
+
+
+def post_in_threads(url: str, model: str, requests: int, texts: list[str]) -> tuple[list[threading.Thread],
+                                                                                     list[object]]:  # fmt: skip
+    """``requests`` concurrent ``POST /v1/embeddings`` of ``texts`` on threads; their responses (or errors) land in
+    the list."""
+    answers: list[object] = []
+
+    def call() -> None:
+        try:
+            answers.append(httpx.post(f"{url}/v1/embeddings", json={"model": model, "input": texts}, timeout=120))
+        except httpx.HTTPError as e:
+            answers.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(requests)]
+    for t in threads:
+        t.start()
+    return threads, answers
+
+
+def _flood(url: str, model: str, requests: int, texts: list[str]) -> tuple[list[threading.Thread], list[object]]:
+    """:func:`post_in_threads`, returning once all of them are in flight."""
+    threads, answers = post_in_threads(url, model, requests, texts)
+    deadline = time.monotonic() + 60
+    while f"bge_icl_queue_rows {requests * len(texts)}.0" not in httpx.get(f"{url}/metrics").text:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return threads, answers
+
+
+def test_the_drain_is_bounded_and_the_rest_get_503_with_retry_after(tiny_dir: Path) -> None:
+    texts = [f"passage {i} about mountains and rivers " * 20 for i in range(400)]  # seconds of work each
+    with serving("--model", tiny_dir, *CPU, "--drain-timeout", "1") as (proc, url):
+        threads, answers = _flood(url, tiny_dir.name, 4, texts)
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(120)
+        assert proc.wait(60) == 0
+        took = time.monotonic() - stopped
+        log = proc.stderr.read()  # type: ignore[union-attr]
+    statuses = sorted(a.status_code for a in answers if isinstance(a, httpx.Response))
+    assert len(statuses) == 4 and set(statuses) <= {200, 503} and 503 in statuses, answers  # never a 500
+    cut = next(a for a in answers if isinstance(a, httpx.Response) and a.status_code == 503)
+    assert cut.headers["retry-after"] == "1"
+    assert cut.json()["error"] == {"message": "the server is shutting down and did not serve this request; retry "
+                                   "after 1 s", "type": "server_error", "param": None, "code": "shutting_down"}
+    assert took < 30, took  # 1 s of drain, then the passes already running finish; not the whole queue
+    assert "Traceback" not in log and "CancelledError" not in log and "cut off by the end of the drain" in log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_second_signal_exits_at_once(tiny_dir: Path, sig: signal.Signals) -> None:
+    texts = [f"passage {i} about mountains and rivers " * 20 for i in range(150)]
+    with serving("--model", tiny_dir, *CPU) as (proc, url):
+        threads, _ = _flood(url, tiny_dir.name, 4, texts)
+        proc.send_signal(sig)
+        time.sleep(0.3)
+        again = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(30) == 128 + sig
+        assert time.monotonic() - again < 5
+        log = proc.stderr.read()  # type: ignore[union-attr]
+        for t in threads:
+            t.join(120)
+    assert f"bge-icl: {sig.name} again: exiting now, without waiting for the requests in flight" in log
+    assert "Traceback" not in log

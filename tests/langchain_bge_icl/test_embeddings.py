@@ -50,10 +50,13 @@ def test_model_alias_and_name_are_the_same_option(tiny_path: str) -> None:
     assert by_alias.model_dump()["model_name"] == tiny_path
 
 
-def test_fields_are_the_core_options() -> None:
-    assert set(BgeIclEmbeddings.model_fields) == set(EmbedderOptions.model_fields)
+def test_fields_are_the_core_options_and_the_endpoint() -> None:
+    from bge_icl_client.adapter import ServedModel
+
+    assert set(BgeIclEmbeddings.model_fields) == {*EmbedderOptions.model_fields, "endpoint"}
     for name, field in BgeIclEmbeddings.model_fields.items():
-        assert field.description == EmbedderOptions.model_fields[name].description
+        declared = EmbedderOptions if name != "endpoint" else ServedModel  # the remote mode's one declared field
+        assert field.description == declared.model_fields[name].description
 
 
 def test_vectors_match_the_core(embeddings: BgeIclEmbeddings, core: ICLEmbedder) -> None:

@@ -53,7 +53,7 @@ def test_is_a_base_embedding(emb: BgeIclEmbedding, options: dict[str, Any]) -> N
     assert set(EmbedderOptions.model_fields) <= set(BgeIclEmbedding.model_fields)
     for name, field in EmbedderOptions.model_fields.items():  # inherited, not declared again
         assert BgeIclEmbedding.model_fields[name].description == field.description
-    assert BgeIclEmbedding.framework_fields() == sorted(set(BaseEmbedding.model_fields) - {"model_name"})
+    assert BgeIclEmbedding.framework_fields() == sorted({*BaseEmbedding.model_fields, "endpoint"} - {"model_name"})
 
 
 def test_vectors_match_the_core(emb: BgeIclEmbedding, core: ICLEmbedder) -> None:
@@ -70,13 +70,22 @@ def test_query_differs_from_text_with_examples(emb: BgeIclEmbedding) -> None:
     assert float(q @ t) < 0.999
 
 
-def test_text_batches_go_to_the_core_in_embed_batch_size_chunks(
+def test_a_text_batch_is_one_core_call_and_llamaindex_still_sees_its_chunks(
     fields: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    emb = BgeIclEmbedding(**fields, embed_batch_size=4)
-    calls = _spy(monkeypatch, emb, "encode_corpus")
-    emb.get_text_embedding_batch(CORPUS)
-    assert [n for n, _ in calls] == [4, 4]
+    from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
+
+    debug = LlamaDebugHandler()
+    emb = BgeIclEmbedding(**fields, embed_batch_size=4, callback_manager=CallbackManager([debug]))
+    tokenized: list[int] = []  # texts tokenized per call: once each, whatever the chunks
+    prepare = emb.embedder.prepare
+    monkeypatch.setattr(emb.embedder, "prepare", lambda texts, kind, *a: tokenized.append(len(texts)) or prepare(
+        texts, kind, *a))  # fmt: skip
+    got = emb.get_text_embedding_batch(CORPUS)
+    assert tokenized == [8]
+    chunks = [end.payload[EventPayload.CHUNKS] for _, end in debug.get_event_pairs(CBEventType.EMBEDDING)]
+    assert chunks == [CORPUS[:4], CORPUS[4:]]  # LlamaIndex's events, cache writes and progress keep their chunks
+    np.testing.assert_allclose(got, emb.embedder.encode_corpus(CORPUS), atol=1e-6)
 
 
 def test_options_and_errors(fields: dict[str, Any]) -> None:
@@ -198,8 +207,8 @@ async def test_async_matches_sync_and_runs_off_the_loop(
         hook.remove()
     loop_thread = threading.get_ident()
     assert passes and all(thread != loop_thread for thread in passes)  # the model never runs on the event loop
-    # One query, one text, then the batch: its truncation check over all 8, and chunks of embed_batch_size.
-    assert calls == [("queries", 1), ("passages", 1), ("passages", 8), ("passages", 4), ("passages", 4)]
+    # One query, one text, then the batch: all 8 in one call (tokenized once), whatever embed_batch_size.
+    assert calls == [("queries", 1), ("passages", 1), ("passages", 8)]
 
 
 async def test_concurrent_async_calls_are_queued(emb: BgeIclEmbedding, core: ICLEmbedder) -> None:

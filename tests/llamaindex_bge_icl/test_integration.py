@@ -108,23 +108,22 @@ def _documented_embed_batch_size() -> int:
     return int(found.group(1))
 
 
-def test_an_index_of_1000_nodes_reaches_the_core_in_chunks_of_the_documented_size(
+def test_an_index_of_1000_nodes_reaches_the_core_in_one_call_tokenized_once(
     fields: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     documented = _documented_embed_batch_size()
     assert BgeIclEmbedding.model_fields["embed_batch_size"].default == documented  # the docs state the code's default
     emb = BgeIclEmbedding(**{**fields, "on_truncation": "warn", "passage_max_length": 16})
-    calls: list[int] = []
-    real = emb.embedder.encode_corpus
-    monkeypatch.setattr(emb.embedder, "encode_corpus",
-                        lambda texts, **kw: (calls.append(len(texts)), real(texts, **kw))[1])  # fmt: skip
+    calls: list[int] = []  # texts tokenized per call
+    real = emb.embedder.prepare
+    monkeypatch.setattr(emb.embedder, "prepare",
+                        lambda texts, kind, *a: (calls.append(len(texts)), real(texts, kind, *a))[1])  # fmt: skip
     texts = [f"passage {i}: " + ("a long one, " * 20 if i % 250 == 7 else "short") for i in range(1000)]
     nodes = [TextNode(text=t, id_=str(i)) for i, t in enumerate(texts)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         VectorStoreIndex(nodes, embed_model=emb)
-    assert calls == [documented] * (1000 // documented) + [1000 % documented] * (1000 % documented > 0)
-    assert documented >= 64  # so that the core's token budget, not LlamaIndex's default of 10, sizes the passes
+    assert calls == [1000]  # the core's token budget, not embed_batch_size, sizes the passes
     reports = [w.message for w in caught if isinstance(w.message, TruncationWarning)]
     assert [(r.count, r.total) for r in reports] == [(4, 1000)]  # one report for the whole call
 

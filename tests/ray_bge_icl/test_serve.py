@@ -1,11 +1,14 @@
 """Ray Serve: ``bge-icl serve``'s app on a local Ray (``ray.init(num_cpus=2)``), tiny checkpoint, 2 replicas of 0.5
 CPU. The ``openai`` client's vectors equal the local embedder's; the HTTP API is the one of ``bge-icl serve``; 200
 concurrent requests all succeed on both replicas; a replica killed under load is replaced and the client's own
-retries answer every request; a model that cannot load never serves; Ray leaves no process behind."""
+retries answer every request; a model that cannot load never serves; Ray leaves no process behind. The command
+line (``bge-icl serve --ray``, 3 replicas of 0.5 CPU): SIGTERM under load answers every request in flight and leaves
+no Ray process; SIGTERM while the replicas cannot be placed stops it at once; a replica's load error is printed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -17,10 +20,10 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -31,6 +34,7 @@ openai = pytest.importorskip("openai")
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder  # noqa: E402
 from bge_icl_server import ServerConfig, serve_in_thread  # noqa: E402
 from ray_bge_icl.serve import DEPLOYMENT_NAME, app_builder, build_app, replica_health  # noqa: E402
+from tests.bge_icl_cli.test_serve import post_in_threads  # noqa: E402
 from tests.bge_icl_server.conftest import PASSAGES, QUERIES, max_diff  # noqa: E402
 from tests.bge_icl_server.test_errors import check_error  # noqa: E402
 from tests.bge_icl_server.test_load import bench_module  # noqa: E402
@@ -266,35 +270,79 @@ def test_shutdown_leaves_no_process_behind(cluster: str) -> None:
     assert marked_processes() == []
 
 
-def test_bge_icl_serve_ray_from_the_command_line(tiny_dir: Path, local: dict[str, ICLEmbedder]) -> None:
-    mark = f"{MARK}-cli"
-    port = free_port()
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "BGE_ICL_RAY_TEST_MARK": mark}
+@contextmanager
+def ray_command(*argv: object, mark: str) -> Iterator[subprocess.Popen[str]]:
+    """``bge-icl serve --ray ARGV`` on a local Ray whose processes carry ``mark``; killed if still running, then
+    waits (60 s at most) for no marked process to be left, and asserts it."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "BGE_ICL_RAY_TEST_MARK": mark,
+           "RAY_raylet_start_wait_time_s": "120"}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "bge_icl_cli", "serve", "--ray", "--replicas", "2", "--model",
-                             str(tiny_dir), "--devices", "cpu", "--served-name", SERVED, "--examples", "web-search",
-                             "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "bge_icl_cli", "serve", "--ray", "--devices", "cpu",
+                             *map(str, argv)], env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        got = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0).embeddings.create(
-            model="web-search", input=QUERIES, extra_body={"input_type": "query"})  # fmt: skip
-        assert max_diff([d.embedding for d in got.data], local["web-search"].encode_queries(QUERIES)) <= 1e-5
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(120) == 0
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
-    deadline = time.monotonic() + 60
-    while marked_processes(mark) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert marked_processes(mark) == []
-    assert np.isfinite(port)
+        deadline = time.monotonic() + 60
+        while marked_processes(mark) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert marked_processes(mark) == []
+
+
+def test_bge_icl_serve_ray_drains_on_sigterm_and_leaves_no_process(tiny_dir: Path,
+                                                                   local: dict[str, ICLEmbedder]) -> None:  # fmt: skip
+    port = free_port()
+    texts = [f"passage {i} about mountains and rivers " * 20 for i in range(400)]  # seconds of work per request
+    with ray_command("--replicas", 3, "--cpus-per-replica", 0.5, "--model", tiny_dir, "--served-name", SERVED,
+                     "--examples", "web-search", "--port", port, mark=f"{MARK}-cli") as proc:  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240
+        while True:  # 200 once one replica serves (3 replicas of 0.5 CPU fit on 2 CPUs)
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()  # type: ignore[union-attr]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            time.sleep(0.5)
+        got = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0).embeddings.create(
+            model="web-search", input=QUERIES, extra_body={"input_type": "query"})  # fmt: skip
+        assert max_diff([d.embedding for d in got.data], local["web-search"].encode_queries(QUERIES)) <= 1e-5
+        calls, answers = post_in_threads(url, SERVED, 4, texts)
+        time.sleep(1.5)  # the requests are in flight (each takes seconds)
+        proc.send_signal(signal.SIGTERM)
+        for t in calls:
+            t.join(120)
+        assert proc.wait(120) == 0
+        log = proc.stderr.read()  # type: ignore[union-attr]
+    statuses = [a.status_code if isinstance(a, httpx.Response) else a for a in answers]
+    assert statuses == [200] * 4, (statuses, log[-2000:])
+    expected = local[SERVED].encode_corpus(texts)
+    assert all(max_diff([d["embedding"] for d in a.json()["data"]], expected) <= 1e-5 for a in answers)  # type: ignore[union-attr]
+    assert "bge-icl: drained in" in log and "Traceback" not in log
+
+
+def test_sigterm_while_replicas_cannot_start_stops_at_once(tiny_dir: Path) -> None:
+    """Bug 4 of issue 28: replicas that never fit (64 CPUs each) kept the command deploying, deaf to signals."""
+    with ray_command("--replicas", 2, "--cpus-per-replica", 64, "--model", tiny_dir, "--port", free_port(),
+                     mark=f"{MARK}-deploy") as proc:  # fmt: skip
+        first = proc.stderr.readline()  # type: ignore[union-attr]
+        while "deploying 2 replica(s)" not in first:
+            assert proc.poll() is None, first
+            first = proc.stderr.readline()  # type: ignore[union-attr]
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        assert proc.wait(60) == 0
+        assert time.monotonic() - stopped < 60
+        assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+
+
+def test_a_replica_load_error_reaches_the_command_line(tmp_path: Path) -> None:
+    """Item 10 of issue 28: the replica's own error, worded as without --ray, not "Failed to update the deployments"."""
+    (tmp_path / "empty").mkdir()
+    with ray_command("--model", tmp_path / "empty", "--port", free_port(), mark=f"{MARK}-broken") as proc:
+        assert proc.wait(240) == 2
+        last = proc.stderr.read().strip().splitlines()[-1]  # type: ignore[union-attr]
+    assert last.startswith("bge-icl: error: ") and "config.json" in last, last
+    assert last.endswith("Or pass --model PATH to a local checkpoint directory."), last
