@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -58,9 +59,11 @@ __all__ = ["DEFAULT_MAX_BATCH_TOKENS", "KINDS", "CallOptions", "Embedded", "ICLE
 
 Texts = str | Iterable[str]
 Vectors = np.ndarray | torch.Tensor
+Head = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_MAX_BATCH_TOKENS = {"cuda": 4096, "cpu": 512}  # about 0.15 s a pass: the 7B on a GPU, the bench model on CPU
 DEFAULT_BATCH_SIZE: dict[str, int | None] = {"cpu": 32}  # other devices: no row limit, the token budget decides
 INLINE_PREPARE = 32  # aembed tokenizes this many texts on the event loop; more go to a worker thread
+INLINE_CHARS = 16_384  # ... and this many characters (about a millisecond of tokenizing); more go to a worker thread
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,22 @@ class Request:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def call_head(options: EmbedderOptions, dimension: int, dimensions: int | None) -> tuple[Head, int]:
+    """Stage 2, a call's part of a pass: its head ((B, H) pooled -> (B, D) float32, cut then normalized, as the
+    options say, or cut to this call's ``dimensions``) and its D.
+
+    Raises:
+        OptionValueError: ``dimensions`` is not in ``1..dimension`` (``.option == "dimensions"``).
+    """
+    normalize = options.normalize_embeddings
+    if dimensions is None:
+        return partial(embedding_head, truncate_dim=options.truncate_dim, normalize=normalize), dimension
+    if not 0 < positive_int("dimensions", dimensions) <= dimension:
+        msg = f"dimensions={dimensions} is out of range; valid: 1 to {dimension}"
+        raise OptionValueError(msg, option="dimensions", value=dimensions)
+    return partial(embedding_head, truncate_dim=dimensions, normalize=normalize), dimensions
 
 
 class ICLEmbedder(SentenceTransformersCompat):
@@ -371,17 +390,19 @@ class ICLEmbedder(SentenceTransformersCompat):
         vectors = self._run(request, False, self._rows)
         return Embedded(vectors, tuple(len(x) for x in request.ids), tuple(request.truncated))
 
-    async def aembed(self, texts: Sequence[str], kind: Kind, *, on_truncation: OnTruncation | None = None) -> Embedded:
+    async def aembed(self, texts: Sequence[str], kind: Kind, *, on_truncation: OnTruncation | None = None,
+                     dimensions: int | None = None) -> Embedded:  # fmt: skip
         """:meth:`embed` for asyncio callers: the rows join the scheduler's queue and the coroutine waits for them
         without blocking the event loop, so concurrent calls share forward passes. Cancelling the awaiting task
-        drops the rows that have not run (a pass that is running finishes)."""
+        drops the rows that have not run (a pass that is running finishes). ``dimensions``: this call's head cuts
+        the vectors to their first ``dimensions`` before normalizing (a server's per-request ``dimensions``)."""
         items = as_text_list(texts)[0]
-        if len(items) > INLINE_PREPARE:  # tokenizing many texts takes a while: not on the event loop
+        if len(items) > INLINE_PREPARE or sum(map(len, items)) > INLINE_CHARS:  # not on the event loop
             request = await asyncio.to_thread(self.prepare, items, kind)
         else:
             request = self.prepare(items, kind)
         self._report(request, on_truncation)
-        vectors = await self._scheduler.arun(self._job(request, self._rows))
+        vectors = await self._scheduler.arun(self._job(request, self._rows, dimensions=dimensions))
         return Embedded(vectors, tuple(len(x) for x in request.ids), tuple(request.truncated))
 
     def check_truncation(self, texts: Iterable[str], kind: Kind) -> list[int]:
@@ -444,10 +465,6 @@ class ICLEmbedder(SentenceTransformersCompat):
         prefix = self._layout.caches.cache_on(replica, loaded.model, build_prefix_cache)
         return self._path.pooled(loaded.model, ids, loaded.tokenizer.pad_id, prefix)
 
-    def _head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Stage 2, this call's part of a pass: (B, H) pooled -> (B, D) float32 vectors (cut, normalized)."""
-        return embedding_head(pooled, self._options.truncate_dim, self._options.normalize_embeddings)
-
     def finish(self, vectors: np.ndarray, precision: Precision, calibration: np.ndarray | None, numpy: bool,
                single: bool) -> Vectors:  # fmt: skip
         """Stage 3: the call's float32 vectors, (N, D) in input order, as the caller asked for them."""
@@ -488,13 +505,14 @@ class ICLEmbedder(SentenceTransformersCompat):
         vectors = self._run(request, o.show_progress if show is None else show, rows)
         return self.finish(vectors, precision, calibration, numpy, single)
 
-    def _job(self, request: Request, rows: int | None, progress: Any = None) -> Job:
+    def _job(self, request: Request, rows: int | None, progress: Any = None, dimensions: int | None = None) -> Job:
         """The scheduler's job for ``request`` (stage 2 runs there, in passes shared with other calls)."""
         if request.kind == "queries":
             cached = sum(len(g.rows) for g in request.groups if g.lane.skip)
             self._layout.caches.count(cached, len(request) - cached)
         wait = self._options.batch_wait_ms / 1000
-        return Job(request.ids, request.groups, self._head, self.dimension, self._budget, rows, wait, progress,
+        head, dimension = call_head(self._options, self.dimension, dimensions)
+        return Job(request.ids, request.groups, head, dimension, self._budget, rows, wait, progress,
                    self._counters)
 
     def _run(self, request: Request, show: bool | None, rows: int | None) -> np.ndarray:  # (N, D)

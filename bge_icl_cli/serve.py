@@ -28,28 +28,48 @@ if TYPE_CHECKING:
     from bge_icl_server import EmbeddingService, ExampleSet
 
 API_KEY_ENV = "BGE_ICL_API_KEY"
-# Batching and length options of the core (EmbedderOptions), spelled out so that --help does not import torch;
-# a test checks that each is an option of the core with this meaning. None = the core's default.
-BATCHING_FLAGS = {
-    "batch_size": (int, "most texts per forward pass (default: 32 on CPU; on GPU the token budget decides)"),
-    "max_batch_tokens": (int, "most tokens of cost per forward pass; bounds how long a request waits behind another "
-                              "one's pass (default: 4,096 on GPU, 512 on CPU)"),
-    "batch_wait_ms": (float, "how long a free model may wait for more requests' rows before a pass under half its "
-                             "budget (default 0: never)"),
-    "query_max_length": (int, "token limit of a query, the examples not counted (default 512)"),
-    "passage_max_length": (int, "token limit of a passage (default 512)"),
-}
-# The server's limits: ServerConfig's fields and defaults (a test checks them against bge_icl_server.config).
-LIMIT_FLAGS = {
-    "max_inputs": (2048, "most texts per request; more is a 413"),
-    "max_request_bytes": (16 * 2**20, "largest request body in bytes; larger is a 413"),
-    "max_queue_rows": (8192, "most texts of requests in flight; past it a request gets 503 with Retry-After"),
-}
-
-
+# The core's batching and length options (EmbedderOptions) and the server's limits (ServerConfig), as flags: only
+# their names are here. Their help and defaults are the declared ones, read when --help is formatted (so that
+# building the parser imports neither torch nor the server); a flag left out keeps the declared default.
+BATCHING_FLAGS = ("batch_size", "max_batch_tokens", "batch_wait_ms", "query_max_length", "passage_max_length")
+LIMIT_FLAGS = ("max_inputs", "max_request_bytes", "max_queue_rows")
 # The core's option names (and the server's limits) -> this subcommand's flags, for errors worded from fields.
 SERVE_FLAGS: dict[str, str] = {**MODEL_FLAGS, **{name: f"--{name.replace('_', '-')}" for name in
                                                   (*BATCHING_FLAGS, *LIMIT_FLAGS)}}  # fmt: skip
+
+
+def declared_help(name: str) -> str | None:
+    """The doc and default of the option or limit behind flag ``name`` (None for another flag)."""
+    if name in BATCHING_FLAGS:
+        from bge_icl.options import EmbedderOptions
+
+        field = EmbedderOptions.model_fields[name]
+    elif name in LIMIT_FLAGS:
+        try:
+            from bge_icl_server.config import ServerConfig
+        except ImportError:  # the extra is missing: the command says so when run
+            return "a limit of the server (needs bge-icl[serve])"
+        field = ServerConfig.model_fields[name]
+    else:
+        return None
+    doc = " ".join((field.description or "").split())
+    return doc if field.default is None else f"{doc} (default {field.default:,})"
+
+
+class _DeclaredHelp(argparse.HelpFormatter):
+    """Help of the core's options and the server's limits, from where they are declared."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        declared = declared_help(action.dest)
+        return super()._get_help_string(action) if declared is None else declared.replace("%", "%%")
+
+
+def number(text: str) -> int | float:
+    """A flag's number: an int when it reads as one, else a float (the core's or the server's check judges it)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def add_serve_parser(sub: Any) -> None:
@@ -57,7 +77,7 @@ def add_serve_parser(sub: Any) -> None:
     description = ("POST /v1/embeddings (OpenAI + NVIDIA NIM fields), GET /v1/models, /health, /metrics. "
                    "Each --examples set is a model id; the served name runs zero-shot.")
     p = sub.add_parser("serve", help="an OpenAI-compatible embeddings server (needs bge-icl[serve])",
-                       description=description)
+                       description=description, formatter_class=_DeclaredHelp)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = a free one, printed at start)")
     p.add_argument("--examples", action="append", default=[], metavar="NAME=FILE|BUILTIN",
@@ -70,10 +90,8 @@ def add_serve_parser(sub: Any) -> None:
                    help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV})")
     p.add_argument("--served-name", default=None,
                    help="model id of zero-shot queries (default: the checkpoint's directory name, or the hub id)")
-    for name, (default, doc) in LIMIT_FLAGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=f"{doc} (default {default:,})")
-    for name, (kind, doc) in BATCHING_FLAGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=doc)
+    for name in (*LIMIT_FLAGS, *BATCHING_FLAGS):
+        p.add_argument(f"--{name.replace('_', '-')}", type=number, default=None, help="(declared)")
     p.add_argument("--ray", action="store_true",
                    help="serve as a Ray Serve application (needs bge-icl[ray]): the cluster at $RAY_ADDRESS, else a "
                         "local one; Ray's proxy listens on --host/--port")  # fmt: skip
@@ -113,9 +131,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     options: dict[str, Any] = {"devices": devices_arg(args.devices), "dtype": args.dtype}
     options.update({name: getattr(args, name) for name in BATCHING_FLAGS if getattr(args, name) is not None})
+    limits = {name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
     try:  # the limits are this command's own flags: checked, and worded, as the core's counts
-        for name in LIMIT_FLAGS:
-            positive_int(name, getattr(args, name))
+        for name, value in limits.items():
+            positive_int(name, value)
     except OptionError as e:
         raise CliError(option_words(e, SERVE_FLAGS)) from e
     try:  # ServerConfig checks the options with the core's one check (EmbedderOptions.checked)
@@ -126,7 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             instruction=args.instruction,
             api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
             options=options,
-            **{name: getattr(args, name) for name in LIMIT_FLAGS},
+            **limits,
         )
     except OptionError as e:  # a type error passes through pydantic as it was raised
         raise CliError(option_words(e, SERVE_FLAGS)) from e

@@ -24,7 +24,6 @@ from fastapi import FastAPI
 
 from bge_icl.quickstart import DEFAULT_MODEL
 from bge_icl_server import EmbeddingService, ServerConfig, create_app, load_example_set
-from bge_icl_server.config import DEFAULT_MAX_INPUTS, DEFAULT_MAX_QUEUE_ROWS, DEFAULT_MAX_REQUEST_BYTES
 
 try:
     import ray
@@ -91,67 +90,62 @@ def deployment(config: ServerConfig, **deployment_options: Any) -> serve.Deploym
 def build_app(
     model: str = DEFAULT_MODEL,
     *,
-    num_replicas: int | None = None,
     examples: Mapping[str, str] | None = None,
-    api_key: str | None = None,
-    served_name: str | None = None,
-    instruction: str | None = None,
-    max_inputs: int = DEFAULT_MAX_INPUTS,
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-    max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS,
+    num_replicas: int | None = None,
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     autoscaling_config: Mapping[str, Any] | None = None,
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
     deployment_options: Mapping[str, Any] | None = None,
-    **options: Any,
+    **settings: Any,
 ) -> serve.Application:
     """The Ray Serve application of ``bge-icl serve``, for ``serve.run`` (or ``serve run`` via :func:`app_builder`).
 
     Args:
         model: Hub id or checkpoint directory (reachable from every replica's node).
-        num_replicas: Replicas, each one model (default 1; None with ``autoscaling_config``).
         examples: Example sets by model id: a bundled set's name or a JSON file, read here (``--examples``).
-        api_key: Require ``Authorization: Bearer <api_key>`` on ``/v1/``.
-        served_name: The model id of zero-shot queries (default: the checkpoint's directory name, or the hub id).
-        instruction: The task instruction of zero-shot queries and of file example sets.
-        max_inputs: Most texts per request (413 past it).
-        max_request_bytes: Largest request body (413 past it).
-        max_queue_rows: Most texts in flight per replica (503 with ``Retry-After`` past it).
+        num_replicas: Replicas, each one model (default 1; None with ``autoscaling_config``).
         num_cpus: CPUs per replica (default 1).
         num_gpus: GPUs per replica (default: 1 when the Ray cluster has GPUs, else 0).
         autoscaling_config: Ray Serve's autoscaling (``min_replicas``, ``max_replicas``,
             ``target_ongoing_requests``, ...), instead of a fixed ``num_replicas``.
         max_ongoing_requests: Requests a replica takes at once (its batcher merges them; default 32).
         deployment_options: Any other ``serve.deployment`` option (``health_check_period_s``, ...).
-        **options: :class:`~bge_icl.options.EmbedderOptions` (``dtype``, ``batch_size``, ``devices``, ...).
+        **settings: :class:`~bge_icl_server.ServerConfig`'s fields (``served_name``, ``instruction``, ``api_key``,
+            ``max_inputs``, ``max_request_bytes``, ``max_queue_rows``, ``allow_dimensions``, ...; None: its
+            default), and for the rest :class:`~bge_icl.options.EmbedderOptions` (``dtype``, ``batch_size``, ...).
 
     Raises:
         ValueError: A bad option, example set or limit (before anything is deployed); both ``num_replicas`` and
             ``autoscaling_config``.
         TypeError: An unknown option.
     """
-    sets = {}
-    for name, spec in (examples or {}).items():
-        try:
-            sets[name] = load_example_set(spec, instruction)
-        except ValueError as e:
-            msg = f"examples[{name!r}]: {e}"
-            raise ValueError(msg) from e
-    config = ServerConfig(
-        model=model,
-        served_name=served_name or "",
-        example_sets=sets,
-        instruction=instruction,
-        api_key=api_key,
-        max_inputs=max_inputs,
-        max_request_bytes=max_request_bytes,
-        max_queue_rows=max_queue_rows,
-        options=options,
-    )
+    config = server_config(model, examples, **settings)
     return application(config, num_replicas=num_replicas, num_cpus=num_cpus, num_gpus=num_gpus,
                        autoscaling_config=autoscaling_config, max_ongoing_requests=max_ongoing_requests,
                        deployment_options=deployment_options)  # fmt: skip
+
+
+def server_config(
+    model: str = DEFAULT_MODEL, examples: Mapping[str, str] | None = None, **settings: Any
+) -> ServerConfig:
+    """The :class:`~bge_icl_server.ServerConfig` of :func:`build_app`'s ``model``, ``examples`` and ``settings``
+    (its fields by name, None for their default; the rest are ``options``).
+
+    Raises:
+        ValueError: A bad example set (``examples[name]`` in the message), option or limit.
+        TypeError: An unknown option.
+    """
+    fields = {name: settings.pop(name) for name in list(settings) if name in ServerConfig.model_fields}
+    sets = {}
+    for name, spec in (examples or {}).items():
+        try:
+            sets[name] = load_example_set(spec, fields.get("instruction"))
+        except ValueError as e:
+            msg = f"examples[{name!r}]: {e}"
+            raise ValueError(msg) from e
+    given = {name: value for name, value in fields.items() if value is not None}
+    return ServerConfig(model=model, example_sets=sets, options=settings, **given)
 
 
 def application(

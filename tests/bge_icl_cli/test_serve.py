@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bge_icl import ICLEmbedder
-from bge_icl_cli.cli import main
+from bge_icl_cli.cli import build_parser, main
 from bge_icl_cli.serve import BATCHING_FLAGS, LIMIT_FLAGS
 
 CPU = ["--devices", "cpu"]
@@ -28,15 +28,21 @@ ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
 ENV.pop("BGE_ICL_API_KEY", None)
 
 
-def test_flags_are_the_cores_options_and_the_servers_limits() -> None:
+def test_flags_are_the_cores_options_and_the_servers_limits(capsys: pytest.CaptureFixture[str]) -> None:
     from bge_icl import EmbedderOptions
 
-    for name in BATCHING_FLAGS:
-        assert name in EmbedderOptions.OPTION_NAMES
     pytest.importorskip("fastapi")
-    server_config = pytest.importorskip("bge_icl_server.config")
-    for name, (default, _) in LIMIT_FLAGS.items():
-        assert server_config.ServerConfig.model_fields[name].default == default
+    from bge_icl_server.config import ServerConfig
+
+    assert main(["serve", "--help"]) == 0
+    shown = "".join(capsys.readouterr().out.split())  # argparse wraps lines (at hyphens, too)
+    for name in (*BATCHING_FLAGS, *LIMIT_FLAGS):
+        field = (EmbedderOptions if name in BATCHING_FLAGS else ServerConfig).model_fields[name]
+        default = "" if field.default is None else f" (default {field.default:,})"
+        flag = "".join(f"--{name.replace('_', '-')} {name.upper()} {field.description}{default}".split())
+        assert flag in shown, name
+    args = build_parser().parse_args(["serve", "--model", "m"])  # a flag left out keeps the declared default
+    assert all(getattr(args, name) is None for name in (*BATCHING_FLAGS, *LIMIT_FLAGS))
 
 
 def test_without_the_extra_serve_prints_an_install_hint(monkeypatch: pytest.MonkeyPatch,
@@ -82,7 +88,7 @@ def test_signal_finishes_the_request_in_flight_then_exits_0(tiny_dir: Path, sig:
             f"{url}/v1/embeddings", json={"model": tiny_dir.name, "input": texts}, timeout=120)))  # fmt: skip
         call.start()
         deadline = time.monotonic() + 60
-        while "bge_icl_queue_rows 150.0" not in httpx.get(f"{url}/metrics").text:  # the request is in flight
+        while not re.search(r"^bge_icl_queue_rows [1-9]", httpx.get(f"{url}/metrics").text, re.M):  # in flight
             assert time.monotonic() < deadline
             time.sleep(0.01)
         proc.send_signal(sig)
@@ -106,7 +112,7 @@ def test_api_key_from_the_environment_and_flags(tiny_dir: Path, tmp_path: Path) 
                  env={**ENV, "BGE_ICL_API_KEY": "from-env"}) as (proc, url):  # fmt: skip
         assert httpx.get(f"{url}/v1/models").status_code == 401
         listing = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer from-env"}).json()
-        assert [m["id"] for m in listing["data"]] == ["plain", "faq"]
+        assert [m["id"] for m in listing["data"]] == ["plain", "faq", "plain:query", "faq:query"]
         too_many = httpx.post(f"{url}/v1/embeddings", json={"model": "faq", "input": ["a"] * 4},
                               headers={"Authorization": "Bearer from-env"})  # fmt: skip
         assert too_many.status_code == 413

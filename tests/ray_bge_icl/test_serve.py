@@ -29,8 +29,8 @@ pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder  # noqa: E402
-from bge_icl_server import ServerConfig, serve_in_thread  # noqa: E402
-from ray_bge_icl.serve import DEPLOYMENT_NAME, app_builder, build_app, replica_health  # noqa: E402
+from bge_icl_server import ServerConfig, load_example_set, serve_in_thread  # noqa: E402
+from ray_bge_icl.serve import DEPLOYMENT_NAME, app_builder, build_app, replica_health, server_config  # noqa: E402
 from tests.bge_icl_server.conftest import PASSAGES, QUERIES, max_diff  # noqa: E402
 from tests.bge_icl_server.test_errors import check_error  # noqa: E402
 from tests.bge_icl_server.test_load import bench_module  # noqa: E402
@@ -298,3 +298,17 @@ def test_bge_icl_serve_ray_from_the_command_line(tiny_dir: Path, local: dict[str
         time.sleep(0.5)
     assert marked_processes(mark) == []
     assert np.isfinite(port)
+
+
+def test_build_app_takes_every_server_config_field() -> None:
+    fields = {"served_name": "plain", "instruction": "Find it.", "api_key": "k", "max_inputs": 3,
+              "max_request_bytes": 1000, "max_queue_rows": 5, "allow_dimensions": True,
+              "cors_origins": ("https://a.example",)}  # fmt: skip
+    assert set(fields) == set(ServerConfig.model_fields) - {"model", "example_sets", "options"}
+    got = server_config("BAAI/bge-en-icl", {"ws": "web-search"}, **fields, batch_size=4, devices="cpu")
+    sets = {"ws": load_example_set("web-search")}
+    assert got == ServerConfig(model="BAAI/bge-en-icl", example_sets=sets, options={"batch_size": 4, "devices": "cpu"},
+                               **fields)  # fmt: skip
+    assert server_config("BAAI/bge-en-icl", served_name=None) == ServerConfig(model="BAAI/bge-en-icl")
+    with pytest.raises(ValueError, match="max_inputs"):
+        build_app("BAAI/bge-en-icl", max_inputs=0)
