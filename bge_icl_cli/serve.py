@@ -35,7 +35,7 @@ BATCHING_FLAGS = ("batch_size", "max_batch_tokens", "batch_wait_ms", "query_max_
 LIMIT_FLAGS = ("max_inputs", "max_request_bytes", "max_queue_rows")
 # The core's option names (and the server's limits) -> this subcommand's flags, for errors worded from fields.
 SERVE_FLAGS: dict[str, str] = {**MODEL_FLAGS, **{name: f"--{name.replace('_', '-')}" for name in
-                                                  (*BATCHING_FLAGS, *LIMIT_FLAGS)}}  # fmt: skip
+                                                  (*BATCHING_FLAGS, *LIMIT_FLAGS, "threads")}}  # fmt: skip
 
 
 def declared_help(name: str) -> str | None:
@@ -86,8 +86,20 @@ def add_serve_parser(sub: Any) -> None:
     p.add_argument("--instruction", default=None,
                    help="task instruction of the served name's queries and of file example sets (a bundled set "
                         "brings its own); default none")  # fmt: skip
-    p.add_argument("--api-key", default=None,
-                   help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV})")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--api-key", default=None,
+                     help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV}); printable ASCII, "
+                          "not empty; visible to other users in the process list: prefer --api-key-file")  # fmt: skip
+    key.add_argument("--api-key-file", type=Path, default=None, metavar="PATH",
+                     help="read the API key from this file (its first line)")
+    p.add_argument("--allow-dimensions", action="store_true",
+                   help="let a request's dimensions cut the vectors below the model's dimension (the model is not "
+                        "trained for shortened vectors: refused by default)")  # fmt: skip
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let browser pages of ORIGIN call the server (CORS; '*' for any); repeatable; default none")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for CPU work (default: torch's, one per core); set it when other processes "
+                        "share the cores")  # fmt: skip
     p.add_argument("--served-name", default=None,
                    help="model id of zero-shot queries (default: the checkpoint's directory name, or the hub id)")
     for name in (*LIMIT_FLAGS, *BATCHING_FLAGS):
@@ -133,8 +145,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options.update({name: getattr(args, name) for name in BATCHING_FLAGS if getattr(args, name) is not None})
     limits = {name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
     try:  # the limits are this command's own flags: checked, and worded, as the core's counts
-        for name, value in limits.items():
-            positive_int(name, value)
+        for name, value in {**limits, "threads": args.threads}.items():
+            if value is not None:
+                positive_int(name, value)
     except OptionError as e:
         raise CliError(option_words(e, SERVE_FLAGS)) from e
     try:  # ServerConfig checks the options with the core's one check (EmbedderOptions.checked)
@@ -143,7 +156,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             served_name=args.served_name or "",
             example_sets=example_sets(args.examples, args.instruction),
             instruction=args.instruction,
-            api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+            api_key=api_key(args),
+            allow_dimensions=args.allow_dimensions,
+            cors_origins=tuple(args.cors_origin),
             options=options,
             **limits,
         )
@@ -158,10 +173,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _run_ray(config, args.host, args.port, args.replicas)
     if args.replicas != 1:
         raise CliError("--replicas needs --ray (one process serves one model; see --devices for several GPUs)")
-    return _run(config, args.host, args.port, args.quiet)
+    return _run(config, args.host, args.port, args.quiet, args.threads)
 
 
-def _run(config: Any, host: str, port: int, quiet: bool) -> int:
+def api_key(args: argparse.Namespace) -> str | None:
+    """The key of ``--api-key``, ``--api-key-file`` (its first line) or ``$BGE_ICL_API_KEY``; an empty one is kept
+    (an unset variable in a script), so that the config refuses it rather than serve without a key."""
+    if args.api_key_file is not None:
+        try:
+            lines = args.api_key_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"--api-key-file {args.api_key_file}: cannot read it ({e})") from e
+        return lines[0] if lines else ""
+    return args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+
+
+def auth_warning(host: str, api_key: str | None) -> str | None:
+    """The warning for a server that anyone on the network can call: a non-loopback ``host`` without a key."""
+    if api_key is not None or host in ("127.0.0.1", "::1", "localhost") or host.startswith("127."):
+        return None
+    return (f"no API key, and {host} is reachable from other machines: anyone who reaches it can embed; "
+            "pass --api-key-file (or $BGE_ICL_API_KEY)")
+
+
+def _run(config: Any, host: str, port: int, quiet: bool, threads: int | None = None) -> int:
     import uvicorn
 
     from bge_icl_server.app import create_app
@@ -173,6 +208,14 @@ def _run(config: Any, host: str, port: int, quiet: bool) -> int:
         raise CliError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+        logging.getLogger("bge_icl_server").info("torch threads: %d", threads)
+    warning = auth_warning(host, config.api_key)
+    if warning:
+        logging.getLogger("bge_icl_server").warning("%s", warning)
     app = create_app(config)
     service: EmbeddingService = app.state.service
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))

@@ -93,7 +93,8 @@ def create_app(config: ServerConfig, service: EmbeddingService | None = None) ->
     v1.add_api_route("/models/{model_id:path}", _model)
     app.include_router(v1)
     for path, route in (("/health/live", _live), ("/health/ready", _ready), ("/health", _ready)):
-        app.add_api_route(path, route, methods=["GET", "HEAD"])
+        app.add_api_route(path, route, methods=["GET"], include_in_schema=path != "/health")
+        app.add_api_route(path, route, methods=["HEAD"], include_in_schema=False)
     app.add_api_route("/metrics", _metrics)
     return app
 

@@ -115,6 +115,17 @@ def test_malformed_json_is_a_400(server: RunningServer, local: dict[str, ICLEmbe
     still_answers(server.url, local)
 
 
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"model": "tiny-icl", "input": ' + b"[" * 5000 + b"]" * 5000 + b"}"],
+                         ids=["brackets", "nested-input"])
+def test_deeply_nested_json_is_a_400_with_its_request_id(server: RunningServer, local: dict[str, ICLEmbedder],
+                                                         raw: bytes) -> None:  # fmt: skip
+    response = httpx.post(f"{server.api_url}/embeddings", content=raw, headers={"X-Request-ID": "deep-1"})
+    check_error(response, 400, re.escape("the request body is not valid JSON (nested too deeply); send a JSON object "
+                                         'such as {"model": ..., "input": ...}'), None)  # fmt: skip
+    assert response.headers["x-request-id"] == "deep-1"
+    still_answers(server.url, local)
+
+
 def test_lone_surrogate_names_its_input(server: RunningServer, local: dict[str, ICLEmbedder]) -> None:
     raw = b'{"model": "tiny-icl", "input": ["fine", "bad \\ud800 text"]}'
     response = httpx.post(f"{server.api_url}/embeddings", content=raw)

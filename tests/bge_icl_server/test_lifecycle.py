@@ -123,6 +123,7 @@ def test_a_forward_pass_that_keeps_failing_makes_the_server_unhealthy(tiny_dir: 
                 response = httpx.post(f"{running.api_url}/embeddings", json=OK, headers={"X-Request-ID": "r1"})
                 check_error(response, 500, re.escape("the server failed on this request (RuntimeError); see its log "
                                                      "for request r1"), None, None, "server_error")  # fmt: skip
+                assert response.headers["x-request-id"] == "r1"  # a 500 too carries the id its message names
             health = httpx.get(f"{running.url}/health")
             assert (health.status_code, health.json()) == (503, {"status": "unhealthy"})
         finally:
