@@ -40,6 +40,8 @@ SERVE_FLAGS: dict[str, str] = {**MODEL_FLAGS, **{name: f"--{name.replace('_', '-
 
 def declared_help(name: str) -> str | None:
     """The doc and default of the option or limit behind flag ``name`` (None for another flag)."""
+    if name == "quiet":  # the server shows no progress bar: -q quiets its log
+        return "warnings only in the log (no line per request, no start-up lines)"
     if name in BATCHING_FLAGS:
         from bge_icl.options import EmbedderOptions
 
@@ -208,7 +210,12 @@ def _run(config: Any, host: str, port: int, quiet: bool, threads: int | None = N
         raise CliError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    if threads is not None:
+    app = create_app(config)
+    service: EmbeddingService = app.state.service
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    print(f"bge-icl: listening on {url_of(sock)} (model ids: {', '.join(config.model_ids)}); loading "
+          f"{config.model}; GET /health answers 200 once ready", file=sys.stderr, flush=True)  # fmt: skip
+    if threads is not None:  # after the first line (it names the URL)
         import torch
 
         torch.set_num_threads(threads)
@@ -216,11 +223,6 @@ def _run(config: Any, host: str, port: int, quiet: bool, threads: int | None = N
     warning = auth_warning(host, config.api_key)
     if warning:
         logging.getLogger("bge_icl_server").warning("%s", warning)
-    app = create_app(config)
-    service: EmbeddingService = app.state.service
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
-    print(f"bge-icl: listening on {url_of(sock)} (model ids: {', '.join(config.model_ids)}); loading "
-          f"{config.model}; GET /health answers 200 once ready", file=sys.stderr, flush=True)  # fmt: skip
     with _signals_end_the_server():
         asyncio.run(_serve(server, service, sock))
     if service.state == "failed":

@@ -36,6 +36,8 @@ _OPTIONAL = {
     "openai": "openai",
     "langchain_nvidia_ai_endpoints": "langchain_nvidia_ai_endpoints",
     "llama_index.embeddings.nvidia": "llama_index.embeddings.nvidia",
+    "langchain_openai": "langchain_openai",
+    "llama_index.embeddings.openai": "llama_index.embeddings.openai",
 }
 
 
