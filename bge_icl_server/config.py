@@ -167,13 +167,11 @@ class ServerConfig(BaseModel):
     @field_validator("options")
     @classmethod
     def _options(cls, value: dict[str, Any]) -> dict[str, Any]:
-        fixed = sorted(set(value) & set(NOT_OPTIONS))
-        if fixed:
-            msg = (
-                f"options may not set {fixed}: the model is ServerConfig.model, and the examples and instruction "
-                "belong to each model id (example_sets, instruction)"
-            )
-            raise ValueError(msg)
+        for name in NOT_OPTIONS:
+            if name in value:
+                msg = (f"options may not set {name!r}: the model is ServerConfig.model, and the examples and "
+                       "instruction belong to each model id (example_sets, instruction)")  # fmt: skip
+                raise ValueError(msg)
         EmbedderOptions.checked(**value)  # unknown names and bad values, with the option's name and the valid ones
         return value
 

@@ -35,6 +35,9 @@ except ImportError as e:  # pragma: no cover - exercised only without ray
 DEPLOYMENT_NAME = "BgeIclEmbeddings"
 # Ray's default (5) would leave each replica's batcher few requests to merge.
 DEFAULT_MAX_ONGOING_REQUESTS = 32
+# build_app's keywords that go to application() (the deployment), not to the ServerConfig.
+DEPLOYMENT_KEYWORDS = ("num_replicas", "num_cpus", "num_gpus", "autoscaling_config", "max_ongoing_requests",
+                       "deployment_options")  # fmt: skip
 
 
 def replica_health(app: FastAPI) -> None:
@@ -88,42 +91,26 @@ def deployment(config: ServerConfig, **deployment_options: Any) -> serve.Deploym
 
 
 def build_app(
-    model: str = DEFAULT_MODEL,
-    *,
-    examples: Mapping[str, str] | None = None,
-    num_replicas: int | None = None,
-    num_cpus: float | None = None,
-    num_gpus: float | None = None,
-    autoscaling_config: Mapping[str, Any] | None = None,
-    max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
-    deployment_options: Mapping[str, Any] | None = None,
-    **settings: Any,
+    model: str = DEFAULT_MODEL, *, examples: Mapping[str, str] | None = None, **settings: Any
 ) -> serve.Application:
     """The Ray Serve application of ``bge-icl serve``, for ``serve.run`` (or ``serve run`` via :func:`app_builder`).
 
     Args:
         model: Hub id or checkpoint directory (reachable from every replica's node).
         examples: Example sets by model id: a bundled set's name or a JSON file, read here (``--examples``).
-        num_replicas: Replicas, each one model (default 1; None with ``autoscaling_config``).
-        num_cpus: CPUs per replica (default 1).
-        num_gpus: GPUs per replica (default: 1 when the Ray cluster has GPUs, else 0).
-        autoscaling_config: Ray Serve's autoscaling (``min_replicas``, ``max_replicas``,
-            ``target_ongoing_requests``, ...), instead of a fixed ``num_replicas``.
-        max_ongoing_requests: Requests a replica takes at once (its batcher merges them; default 32).
-        deployment_options: Any other ``serve.deployment`` option (``health_check_period_s``, ...).
-        **settings: :class:`~bge_icl_server.ServerConfig`'s fields (``served_name``, ``instruction``, ``api_key``,
+        **settings: :func:`application`'s keywords (``num_replicas``, ``num_cpus``, ``num_gpus``,
+            ``autoscaling_config``, ``max_ongoing_requests``, ``deployment_options``); then
+            :class:`~bge_icl_server.ServerConfig`'s fields (``served_name``, ``instruction``, ``api_key``,
             ``max_inputs``, ``max_request_bytes``, ``max_queue_rows``, ``allow_dimensions``, ...; None: its
-            default), and for the rest :class:`~bge_icl.options.EmbedderOptions` (``dtype``, ``batch_size``, ...).
+            default); the rest are :class:`~bge_icl.options.EmbedderOptions` (``dtype``, ``batch_size``, ...).
 
     Raises:
         ValueError: A bad option, example set or limit (before anything is deployed); both ``num_replicas`` and
             ``autoscaling_config``.
         TypeError: An unknown option.
     """
-    config = server_config(model, examples, **settings)
-    return application(config, num_replicas=num_replicas, num_cpus=num_cpus, num_gpus=num_gpus,
-                       autoscaling_config=autoscaling_config, max_ongoing_requests=max_ongoing_requests,
-                       deployment_options=deployment_options)  # fmt: skip
+    deploy = {name: settings.pop(name) for name in DEPLOYMENT_KEYWORDS if name in settings}
+    return application(server_config(model, examples, **settings), **deploy)
 
 
 def server_config(
@@ -158,8 +145,18 @@ def application(
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
     deployment_options: Mapping[str, Any] | None = None,
 ) -> serve.Application:
-    """The application serving a ready-made ``config`` (``bge-icl serve --ray`` builds one from its flags); the
-    keyword arguments as for :func:`build_app`."""
+    """The application serving a ready-made ``config`` (``bge-icl serve --ray`` builds one from its flags).
+
+    Args:
+        config: What each replica serves.
+        num_replicas: Replicas, each one model (default 1; None with ``autoscaling_config``).
+        num_cpus: CPUs per replica (default 1).
+        num_gpus: GPUs per replica (default: 1 when the Ray cluster has GPUs, else 0).
+        autoscaling_config: Ray Serve's autoscaling (``min_replicas``, ``max_replicas``,
+            ``target_ongoing_requests``, ...), instead of a fixed ``num_replicas``.
+        max_ongoing_requests: Requests a replica takes at once (its batcher merges them; default 32).
+        deployment_options: Any other ``serve.deployment`` option (``health_check_period_s``, ...).
+    """
     if num_replicas is not None and autoscaling_config is not None:
         msg = "pass num_replicas or autoscaling_config, not both (autoscaling decides the number of replicas)"
         raise ValueError(msg)
