@@ -117,14 +117,16 @@ def test_openai_client_vectors(cluster: str, local: dict[str, ICLEmbedder]) -> N
 def test_the_http_api_is_bge_icl_serves(cluster: str) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
     assert httpx.get(f"{cluster}/health").json() == {"status": "ready"}
-    assert [m["id"] for m in httpx.get(f"{cluster}/v1/models", headers=auth).json()["data"]] == [SERVED, "web-search"]
+    ids = [m["id"] for m in httpx.get(f"{cluster}/v1/models", headers=auth).json()["data"]]
+    assert ids == [SERVED, "web-search", f"{SERVED}:query", "web-search:query"]
     check_error(httpx.get(f"{cluster}/v1/models"), 401, re.escape("no API key: send the header 'Authorization: "
                 "Bearer <key>' (the openai client's api_key)"), None, "invalid_api_key")  # fmt: skip
     check_error(httpx.post(f"{cluster}/v1/embeddings", json={"model": SERVED, "input": ["a", "b", "c", None]},
                            headers=auth), 400, re.escape("input[3] is null; each input must be a string"),
                 "input[3]")  # fmt: skip
     check_error(httpx.post(f"{cluster}/v1/embeddings", json={"model": "nope", "input": "a"}, headers=auth), 404,
-                re.escape("the model 'nope' is not served here; served model ids: tiny, web-search"), "model",
+                re.escape("the model 'nope' is not served here; served model ids: tiny, web-search, tiny:query, "
+                          "web-search:query"), "model",
                 "model_not_found")  # fmt: skip
     check_error(httpx.post(f"{cluster}/v1/embeddings", json={"model": SERVED, "input": ["a"] * 65}, headers=auth),
                 413, re.escape("input has 65 items; this server takes at most 64 per request (split the request)"),
