@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,9 +60,11 @@ __all__ = ["DEFAULT_MAX_BATCH_TOKENS", "KINDS", "CallOptions", "Embedded", "ICLE
 
 Texts = str | Iterable[str]
 Vectors = np.ndarray | torch.Tensor
+Head = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_MAX_BATCH_TOKENS = {"cuda": 4096, "cpu": 512}  # about 0.15 s a pass: the 7B on a GPU, the bench model on CPU
 DEFAULT_BATCH_SIZE: dict[str, int | None] = {"cpu": 32}  # other devices: no row limit, the token budget decides
 INLINE_PREPARE = 32  # aembed tokenizes this many texts on the event loop; more go to a worker thread
+INLINE_CHARS = 16_384  # ... and this many characters (about a millisecond of tokenizing); more go to a worker thread
 
 
 @dataclass(frozen=True)
@@ -375,17 +377,19 @@ class ICLEmbedder(SentenceTransformersCompat):
         vectors = self._run(request, False, self._row_limit)
         return Embedded(vectors, tuple(len(x) for x in request.ids), tuple(request.truncated))
 
-    async def aembed(self, texts: Sequence[str], kind: Kind, *, on_truncation: OnTruncation | None = None) -> Embedded:
+    async def aembed(self, texts: Sequence[str], kind: Kind, *, on_truncation: OnTruncation | None = None,
+                     dimensions: int | None = None) -> Embedded:  # fmt: skip
         """:meth:`embed` for asyncio callers: the rows join the scheduler's queue and the coroutine waits for them
         without blocking the event loop, so concurrent calls share forward passes. Cancelling the awaiting task
-        drops the rows that have not run (a pass that is running finishes)."""
+        drops the rows that have not run (a pass that is running finishes). ``dimensions``: this call's head cuts
+        the vectors to their first ``dimensions`` before normalizing (a server's per-request ``dimensions``)."""
         items = as_text_list(texts)[0]
-        if len(items) > INLINE_PREPARE:  # tokenizing many texts takes a while: not on the event loop
+        if len(items) > INLINE_PREPARE or sum(map(len, items)) > INLINE_CHARS:  # not on the event loop
             request = await asyncio.to_thread(self.prepare, items, kind)
         else:
             request = self.prepare(items, kind)
         self._report(request, on_truncation)
-        vectors = await self._scheduler.arun(self._job(request, self._row_limit))
+        vectors = await self._scheduler.arun(self._job(request, self._row_limit, dimensions=dimensions))
         return Embedded(vectors, tuple(len(x) for x in request.ids), tuple(request.truncated))
 
     def check_truncation(self, texts: Iterable[str], kind: Kind) -> list[int]:
@@ -474,13 +478,15 @@ class ICLEmbedder(SentenceTransformersCompat):
         vectors = self._run(request, o.show_progress if show is None else show, row_limit)
         return self.finish(vectors, precision, calibration, numpy, single)
 
-    def _job(self, request: Request, row_limit: int | None, progress: Any = None) -> Job:
+    def _job(self, request: Request, row_limit: int | None, progress: Any = None, dimensions: int | None = None
+             ) -> Job:  # fmt: skip
         """The scheduler's job for ``request`` (stage 2 runs there, in passes shared with other calls)."""
         if request.kind == "queries":
             self._runner.count(request.groups)
         wait = self._options.batch_wait_ms / 1000
-        return Job(request.ids, request.groups, self._runner.head, self.dimension, self._budget, row_limit, wait,
-                   progress, self._counters)  # fmt: skip
+        head, dimension = self._runner.call_head(self.dimension, dimensions)
+        return Job(request.ids, request.groups, head, dimension, self._budget, row_limit, wait, progress,
+                   self._counters)  # fmt: skip
 
     def _run(self, request: Request, show: bool | None, row_limit: int | None) -> np.ndarray:  # (N, D)
         """Run ``request`` through the scheduler; the vectors come back in input order."""

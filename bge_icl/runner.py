@@ -9,14 +9,17 @@ any calls (:mod:`bge_icl.scheduler`), calling the lane's forward (a runner's :me
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
 from bge_icl.batching import copied_prefix_cost
+from bge_icl.errors import OptionValueError
 from bge_icl.forward import ForwardPath, build_prefix_kv
 from bge_icl.job import Lane, Rows
 from bge_icl.loading import LoadedModel
+from bge_icl.options import positive_int
 from bge_icl.pooling import embedding_head
 from bge_icl.prefix_cache import PrefixKV, PrefixKVStore, split_on_prefix
 
@@ -76,6 +79,20 @@ class Runner:
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """A call's part of a pass: (B, H) pooled -> (B, D) float32 vectors (cut, normalized)."""
         return embedding_head(pooled, self.truncate_dim, self.normalize)
+
+    def call_head(self, dimension: int, dimensions: int | None) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+        """A call's head and its D: the embedder's own (``dimensions`` None, D = ``dimension``), or one that cuts the
+        pooled (B, H) to this call's first ``dimensions`` before normalizing (a server's per-request ``dimensions``).
+
+        Raises:
+            OptionValueError: ``dimensions`` is not in ``1..dimension`` (``.option == "dimensions"``).
+        """
+        if dimensions is None:
+            return self.head, dimension
+        if not 0 < positive_int("dimensions", dimensions) <= dimension:
+            msg = f"dimensions={dimensions} is out of range; valid: 1 to {dimension}"
+            raise OptionValueError(msg, option="dimensions", value=dimensions)
+        return partial(embedding_head, truncate_dim=dimensions, normalize=self.normalize), dimensions
 
     def _kv_on(self, replica: int, loaded: LoadedModel) -> PrefixKV:
         kv = self.kv.get(replica)

@@ -28,28 +28,50 @@ if TYPE_CHECKING:
 
 API_KEY_ENV = "BGE_ICL_API_KEY"
 DEFAULT_DRAIN_TIMEOUT_S = 20.0  # bge_icl_server.shutdown's (a test checks); here, --help imports no server
-# Batching and length options of the core (EmbedderOptions), spelled out so that --help does not import torch;
-# a test checks that each is an option of the core with this meaning. None = the core's default.
-BATCHING_FLAGS = {
-    "batch_size": (int, "most texts per forward pass (default: 32 on CPU; on GPU the token budget decides)"),
-    "max_batch_tokens": (int, "most tokens of cost per forward pass; bounds how long a request waits behind another "
-                              "one's pass (default: 4,096 on GPU, 512 on CPU)"),
-    "batch_wait_ms": (float, "how long a free model may wait for more requests' rows before a pass under half its "
-                             "budget (default 0: never)"),
-    "query_max_length": (int, "token limit of a query, the examples not counted (default 512)"),
-    "passage_max_length": (int, "token limit of a passage (default 512)"),
-}
-# The server's limits: ServerConfig's fields and defaults (a test checks them against bge_icl_server.config).
-LIMIT_FLAGS = {
-    "max_inputs": (2048, "most texts per request; more is a 413"),
-    "max_request_bytes": (16 * 2**20, "largest request body in bytes; larger is a 413"),
-    "max_queue_rows": (8192, "most texts of requests in flight; past it a request gets 503 with Retry-After"),
-}
-
-
+# The core's batching and length options (EmbedderOptions) and the server's limits (ServerConfig), as flags: only
+# their names are here. Their help and defaults are the declared ones, read when --help is formatted (so that
+# building the parser imports neither torch nor the server); a flag left out keeps the declared default.
+BATCHING_FLAGS = ("batch_size", "max_batch_tokens", "batch_wait_ms", "query_max_length", "passage_max_length")
+LIMIT_FLAGS = ("max_inputs", "max_request_bytes", "max_queue_rows")
 # The core's option names (and the server's limits) -> this subcommand's flags, for errors worded from fields.
 SERVE_FLAGS: dict[str, str] = {**MODEL_FLAGS, **{name: f"--{name.replace('_', '-')}" for name in
-                                                  (*BATCHING_FLAGS, *LIMIT_FLAGS)}}  # fmt: skip
+                                                  (*BATCHING_FLAGS, *LIMIT_FLAGS, "threads")}}  # fmt: skip
+
+
+def declared_help(name: str) -> str | None:
+    """The doc and default of the option or limit behind flag ``name`` (None for another flag)."""
+    if name == "quiet":  # the server shows no progress bar: -q quiets its log
+        return "warnings only in the log (no line per request, no start-up lines)"
+    if name in BATCHING_FLAGS:
+        from bge_icl.options import EmbedderOptions
+
+        field = EmbedderOptions.model_fields[name]
+    elif name in LIMIT_FLAGS:
+        try:
+            from bge_icl_server.config import ServerConfig
+        except ImportError:  # the extra is missing: the command says so when run
+            return "a limit of the server (needs bge-icl[serve])"
+        field = ServerConfig.model_fields[name]
+    else:
+        return None
+    doc = " ".join((field.description or "").split())
+    return doc if field.default is None else f"{doc} (default {field.default:,})"
+
+
+class _DeclaredHelp(argparse.HelpFormatter):
+    """Help of the core's options and the server's limits, from where they are declared."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        declared = declared_help(action.dest)
+        return super()._get_help_string(action) if declared is None else declared.replace("%", "%%")
+
+
+def number(text: str) -> int | float:
+    """A flag's number: an int when it reads as one, else a float (the core's or the server's check judges it)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def add_serve_parser(sub: Any) -> None:
@@ -57,7 +79,7 @@ def add_serve_parser(sub: Any) -> None:
     description = ("POST /v1/embeddings (OpenAI + NVIDIA NIM fields), GET /v1/models, /health, /metrics. "
                    "Each --examples set is a model id; the served name runs zero-shot.")
     p = sub.add_parser("serve", help="an OpenAI-compatible embeddings server (needs bge-icl[serve])",
-                       description=description)
+                       description=description, formatter_class=_DeclaredHelp)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = a free one, printed at start)")
     p.add_argument("--examples", action="append", default=[], metavar="NAME=FILE|BUILTIN",
@@ -66,14 +88,24 @@ def add_serve_parser(sub: Any) -> None:
     p.add_argument("--instruction", default=None,
                    help="task instruction of the served name's queries and of file example sets (a bundled set "
                         "brings its own); default none")  # fmt: skip
-    p.add_argument("--api-key", default=None,
-                   help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV})")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--api-key", default=None,
+                     help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV}); printable ASCII, "
+                          "not empty; visible to other users in the process list: prefer --api-key-file")  # fmt: skip
+    key.add_argument("--api-key-file", type=Path, default=None, metavar="PATH",
+                     help="read the API key from this file (its first line)")
+    p.add_argument("--allow-dimensions", action="store_true",
+                   help="let a request's dimensions cut the vectors below the model's dimension (the model is not "
+                        "trained for shortened vectors: refused by default)")  # fmt: skip
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let browser pages of ORIGIN call the server (CORS; '*' for any); repeatable; default none")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for CPU work (default: torch's, one per core); set it when other processes "
+                        "share the cores")  # fmt: skip
     p.add_argument("--served-name", default=None,
                    help="model id of zero-shot queries (default: the checkpoint's directory name, or the hub id)")
-    for name, (default, doc) in LIMIT_FLAGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=f"{doc} (default {default:,})")
-    for name, (kind, doc) in BATCHING_FLAGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=doc)
+    for name in (*LIMIT_FLAGS, *BATCHING_FLAGS):
+        p.add_argument(f"--{name.replace('_', '-')}", type=number, default=None, help="(declared)")
     # Shutdown and Ray (issue 28): how the server stops, and where --ray puts its replicas.
     p.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="SECONDS",
                    help="after SIGTERM or Ctrl-C, how long the requests in flight may take; the rest then get 503 "
@@ -122,9 +154,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     options: dict[str, Any] = {"devices": devices_arg(args.devices), "dtype": args.dtype}
     options.update({name: getattr(args, name) for name in BATCHING_FLAGS if getattr(args, name) is not None})
+    limits = {name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
     try:  # the limits are this command's own flags: checked, and worded, as the core's counts
-        for name in LIMIT_FLAGS:
-            positive_int(name, getattr(args, name))
+        for name, value in {**limits, "threads": args.threads}.items():
+            if value is not None:
+                positive_int(name, value)
     except OptionError as e:
         raise CliError(option_words(e, SERVE_FLAGS)) from e
     try:  # ServerConfig checks the options with the core's one check (EmbedderOptions.checked)
@@ -133,9 +167,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             served_name=args.served_name or "",
             example_sets=example_sets(args.examples, args.instruction),
             instruction=args.instruction,
-            api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+            api_key=api_key(args),
+            allow_dimensions=args.allow_dimensions,
+            cors_origins=tuple(args.cors_origin),
             options=options,
-            **{name: getattr(args, name) for name in LIMIT_FLAGS},
+            **limits,
         )
     except OptionError as e:  # a type error passes through pydantic as it was raised
         raise CliError(option_words(e, SERVE_FLAGS)) from e
@@ -154,10 +190,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.replicas != 1 or args.cpus_per_replica != 1:
         raise CliError("--replicas and --cpus-per-replica need --ray (one process serves one model; see --devices "
                        "for several GPUs)")  # fmt: skip
-    return _run(config, args.host, args.port, args.quiet, args.drain_timeout)
+    return _run(config, args.host, args.port, args.quiet, args.drain_timeout, args.threads)
 
 
-def _run(config: Any, host: str, port: int, quiet: bool, drain_timeout: float) -> int:
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """The key of ``--api-key``, ``--api-key-file`` (its first line) or ``$BGE_ICL_API_KEY``; an empty one is kept
+    (an unset variable in a script), so that the config refuses it rather than serve without a key."""
+    if args.api_key_file is not None:
+        try:
+            lines = args.api_key_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"--api-key-file {args.api_key_file}: cannot read it ({e})") from e
+        return lines[0] if lines else ""
+    return args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+
+
+def auth_warning(host: str, api_key: str | None) -> str | None:
+    """The warning for a server that anyone on the network can call: a non-loopback ``host`` without a key."""
+    if api_key is not None or host in ("127.0.0.1", "::1", "localhost") or host.startswith("127."):
+        return None
+    return (f"no API key, and {host} is reachable from other machines: anyone who reaches it can embed; "
+            "pass --api-key-file (or $BGE_ICL_API_KEY)")
+
+
+def _run(config: Any, host: str, port: int, quiet: bool, drain_timeout: float, threads: int | None = None) -> int:
     from bge_icl_server.app import create_app
     from bge_icl_server.background import listen, url_of
     from bge_icl_server.shutdown import DrainingServer
@@ -173,6 +230,14 @@ def _run(config: Any, host: str, port: int, quiet: bool, drain_timeout: float) -
     server = DrainingServer(app, drain_timeout)
     print(f"bge-icl: listening on {url_of(sock)} (model ids: {', '.join(config.model_ids)}); loading "
           f"{config.model}; GET /health answers 200 once ready", file=sys.stderr, flush=True)  # fmt: skip
+    if threads is not None:  # after the first line (it names the URL)
+        import torch
+
+        torch.set_num_threads(threads)
+        logging.getLogger("bge_icl_server").info("torch threads: %d", threads)
+    warning = auth_warning(host, config.api_key)
+    if warning:
+        logging.getLogger("bge_icl_server").warning("%s", warning)
     asyncio.run(_serve(server, service, sock))
     if service.state == "failed":
         raise load_failure(service.error)

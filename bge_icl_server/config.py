@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bge_icl.example_sets import load_example_set as read_example_set
+from bge_icl.kinds import Kind
 from bge_icl.options import MODEL_ALIASES, EmbedderOptions, option_errors, refuse_options
 from bge_icl.prompts import validate_examples
 from bge_icl.quickstart import bundled_example_sets
@@ -25,6 +26,8 @@ __all__ = ["ExampleSet", "ServerConfig", "bundled_example_sets", "default_served
 DEFAULT_MAX_INPUTS = 2048
 DEFAULT_MAX_REQUEST_BYTES = 16 * 2**20
 DEFAULT_MAX_QUEUE_ROWS = 4 * DEFAULT_MAX_INPUTS
+QUERY_ROLE = ":query"
+"""``ID:query`` is model id ``ID`` with every input embedded as a query: for clients that send OpenAI's fields only."""
 # Options a config sets through its own fields (the example sets and the instruction are per model id).
 NOT_OPTIONS = ("examples_for_task", "query_instruction_for_retrieval", *MODEL_ALIASES)
 
@@ -86,7 +89,7 @@ class ServerConfig(BaseModel):
         ('BAAI/bge-en-icl', 'web-search')
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), use_attribute_docstrings=True)
 
     model: str = Field(min_length=1)
     """Hub id or local checkpoint directory."""
@@ -97,14 +100,19 @@ class ServerConfig(BaseModel):
     instruction: str | None = None
     """The task instruction of the served name's (zero-shot) queries; None = the query as it is."""
     api_key: str | None = Field(default=None, repr=False)
-    """When set, every ``/v1/`` request must send ``Authorization: Bearer <api_key>``."""
+    """When set, every ``/v1/`` request must send ``Authorization: Bearer <api_key>``; printable ASCII, not empty."""
+    allow_dimensions: bool = False
+    """Let a request's ``dimensions`` cut the vectors below the model's dimension (bge-en-icl is not trained for
+    shortened vectors, so by default such a request is a 400 saying so)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins whose browser pages may call the server (CORS; ``"*"``: any); empty: no CORS headers."""
     max_inputs: int = Field(default=DEFAULT_MAX_INPUTS, gt=0)
     """Most texts in one request (more: 413)."""
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, gt=0)
     """Largest request body, in bytes (larger: 413)."""
     max_queue_rows: int = Field(default=DEFAULT_MAX_QUEUE_ROWS, gt=0)
-    """Most texts of requests in flight; a request that would pass it waits outside (503 with ``Retry-After``).
-    A request is always admitted when nothing is in flight."""
+    """Most texts in the model's queue (waiting or running); a request that would pass it gets 503 with
+    ``Retry-After`` (from the queue's measured drain rate). A request is always admitted when the queue is empty."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Other :class:`~bge_icl.options.EmbedderOptions` (``devices``, ``dtype``, ``batch_size``, ...)."""
 
@@ -120,9 +128,22 @@ class ServerConfig(BaseModel):
     def _sets(cls, value: Any) -> Any:
         if isinstance(value, Mapping):
             for name in value:
-                if not isinstance(name, str) or not name.strip() or name != name.strip():
-                    msg = f"example set name {name!r} is not a model id: use a non-empty name without outer spaces"
+                if not isinstance(name, str) or not name.strip() or name != name.strip() or name.endswith(QUERY_ROLE):
+                    msg = (f"example set name {name!r} is not a model id: use a non-empty name without outer spaces, "
+                           f"not ending in {QUERY_ROLE!r}")  # fmt: skip
                     raise ValueError(msg)
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            msg = "the API key is empty (an unset variable?): give a key, or none at all to serve without one"
+            raise ValueError(msg)
+        if value is not None and not (value.isascii() and value.isprintable() and " " not in value):
+            msg = ("the API key holds a space, a control or a non-ASCII character, which an HTTP header cannot carry: "
+                   "use printable ASCII (letters, digits, punctuation)")  # fmt: skip
+            raise ValueError(msg)
         return value
 
     @field_validator("options")
@@ -136,6 +157,9 @@ class ServerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _ids(self) -> ServerConfig:
+        if self.served_name.endswith(QUERY_ROLE):
+            msg = f"the served name {self.served_name!r} ends in {QUERY_ROLE!r}, which names a model id's queries"
+            raise ValueError(msg)
         if self.served_name in self.example_sets:
             msg = (
                 f"the served name {self.served_name!r} is also an example set's name; each model id must be "
@@ -148,6 +172,19 @@ class ServerConfig(BaseModel):
     def model_ids(self) -> tuple[str, ...]:
         """Every model id served: the served name first (zero-shot queries), then the example sets."""
         return (self.served_name, *self.example_sets)
+
+    @property
+    def listed_ids(self) -> tuple[str, ...]:
+        """What ``GET /v1/models`` lists: each model id, then each one's ``ID:query`` (:data:`QUERY_ROLE`)."""
+        return (*self.model_ids, *(f"{name}{QUERY_ROLE}" for name in self.model_ids))
+
+    def role(self, listed_id: str) -> tuple[str, Kind | None] | None:
+        """The model id a listed id names and the kind it fixes (``"queries"`` for ``ID:query``, else None);
+        None for an id not served."""
+        name = listed_id.removesuffix(QUERY_ROLE)
+        if name not in self.model_ids:
+            return None
+        return name, ("queries" if listed_id.endswith(QUERY_ROLE) else None)
 
     def embedder_options(self) -> EmbedderOptions:
         """The validated options of the zero-shot embedder (the served name's, which also embeds every passage)."""

@@ -3,8 +3,9 @@
 =================================== ======= ====================================================================
 name                                type    meaning
 =================================== ======= ====================================================================
-``bge_icl_requests_total``          counter HTTP requests to ``/v1/`` routes, by ``route`` and status ``code``
-``bge_icl_request_duration_seconds`` histogram time from request to response, by ``route``
+``bge_icl_requests_total``          counter HTTP requests to ``/v1/`` routes, by ``route``, ``code`` and ``model`` id
+``bge_icl_request_duration_seconds`` histogram time from request to response, by ``route`` and ``model`` id
+``bge_icl_inputs_total``            counter texts of answered ``/v1/embeddings`` requests, by ``model`` id
 ``bge_icl_rows_total``              counter texts embedded by the model
 ``bge_icl_forward_passes_total``    counter forward passes run (rows per pass = the batch size)
 ``bge_icl_queue_rows``              gauge   texts of requests in flight (waiting or running)
@@ -49,10 +50,13 @@ class Metrics:
 
     def __init__(self, service: EmbeddingService) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("bge_icl_requests", "HTTP requests to /v1/ routes, by route and status code.",
-                                ["route", "code"], registry=self.registry)  # fmt: skip
-        self.latency = Histogram("bge_icl_request_duration_seconds", "Time from request to response, by route.",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
+        self.requests = Counter("bge_icl_requests", "HTTP requests to /v1/ routes, by route, status code and model id.",
+                                ["route", "code", "model"], registry=self.registry)  # fmt: skip
+        self.latency = Histogram("bge_icl_request_duration_seconds", "Time from request to response, by route and "
+                                 "model id.", ["route", "model"], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)  # fmt: skip
+        self.inputs = Counter("bge_icl_inputs", "Texts of answered /v1/embeddings requests, by model id.", ["model"],
+                              registry=self.registry)  # fmt: skip
         queue = Gauge("bge_icl_queue_rows", "Texts of requests in flight (waiting or running).",
                       registry=self.registry)  # fmt: skip
         queue.set_function(lambda: service.queued_rows)
@@ -60,10 +64,13 @@ class Metrics:
         ready.set_function(lambda: 1.0 if service.state == "ready" else 0.0)
         self.registry.register(_StatsCollector(service))
 
-    def observe(self, route: str, code: int, seconds: float) -> None:
-        """Count one finished request."""
-        self.requests.labels(route=route, code=str(code)).inc()
-        self.latency.labels(route=route).observe(seconds)
+    def observe(self, route: str, code: int, seconds: float, model: str = "-", inputs: int = 0) -> None:
+        """Count one finished request: its route, status, time, and (an answered embeddings request) its texts;
+        ``model`` is a served id ("-" when the request named none that is served)."""
+        self.requests.labels(route=route, code=str(code), model=model).inc()
+        self.latency.labels(route=route, model=model).observe(seconds)
+        if code == 200 and route == "/v1/embeddings":
+            self.inputs.labels(model=model).inc(inputs)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Literal
 
@@ -25,14 +27,52 @@ log = logging.getLogger("bge_icl_server")
 State = Literal["new", "loading", "ready", "failed"]
 # A replica whose forward pass fails this many times in a row (errors not caused by the request) reports unhealthy.
 FAILURES_UNHEALTHY = 3
+DRAIN_WINDOW_S = 30.0  # the drain rate behind Retry-After is measured over this many seconds
+RETRY_AFTER_MAX_S = 60
 
 
 class QueueFull(Exception):
-    """Admitting a request would pass ``max_queue_rows``."""
+    """Admitting a request would pass ``max_queue_rows``.
 
-    def __init__(self, rows: int, queued: int, limit: int) -> None:
+    Attributes:
+        rows: The request's texts.
+        queued: Texts in the core's queue (waiting or running).
+        limit: ``max_queue_rows``.
+        retry_after: Seconds until the queue has drained enough, at its measured rate (1 to 60).
+    """
+
+    def __init__(self, rows: int, queued: int, limit: int, retry_after: int) -> None:
         super().__init__(f"{rows} rows would join {queued} queued; the limit is {limit}")
-        self.rows, self.queued, self.limit = rows, queued, limit
+        self.rows, self.queued, self.limit, self.retry_after = rows, queued, limit, retry_after
+
+
+class DrainRate:
+    """Texts embedded per second over the last ``window`` seconds, from the core's row counter.
+
+    Args:
+        window: Seconds of history kept.
+    """
+
+    def __init__(self, window: float = DRAIN_WINDOW_S) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def sample(self, rows_done: int, now: float | None = None) -> None:
+        """Record the core's total of rows embedded at ``now`` (a request just finished)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._samples.append((now, rows_done))
+            while self._samples and self._samples[0][0] < now - self.window:
+                self._samples.popleft()
+
+    def seconds_for(self, rows: int) -> int:
+        """Whole seconds to embed ``rows`` more at the measured rate, 1 to 60 (1 before anything was measured)."""
+        with self._lock:
+            (t0, r0), (t1, r1) = (self._samples[0], self._samples[-1]) if self._samples else ((0.0, 0), (0.0, 0))
+        if t1 <= t0 or r1 <= r0:
+            return 1
+        return min(RETRY_AFTER_MAX_S, max(1, math.ceil(rows * (t1 - t0) / (r1 - r0))))
 
 
 class EmbeddingService:
@@ -54,8 +94,8 @@ class EmbeddingService:
         self._error: BaseException | None = None
         self._embedders: dict[str, ICLEmbedder] = {}
         self._lock = threading.Lock()
-        self._queued = 0
         self._failures = 0
+        self.drain = DrainRate()
         self.load_seconds: float | None = None
 
     # -- loading -----------------------------------------------------------------------------------
@@ -125,52 +165,45 @@ class EmbeddingService:
         """Size of the vectors (the model's, or ``truncate_dim``)."""
         return self._embedders[self.config.served_name].dimension
 
-    @property
-    def normalizes(self) -> bool:
-        """Whether the vectors are L2-normalized (then a request's ``dimensions`` re-normalizes after the cut)."""
-        return self._embedders[self.config.served_name].options.normalize_embeddings
-
     def embedder(self, model_id: str, kind: Kind) -> ICLEmbedder:
         """The embedder for ``model_id`` (must be served) and ``kind``: passages always use the zero-shot one."""
         return self._embedders[self.config.served_name if kind == "passages" else model_id]
 
     @property
     def queued_rows(self) -> int:
-        """Texts of admitted requests that have not been answered yet."""
-        return self._queued
+        """Texts in the core's queue, of every model id (waiting or running): what admission reads."""
+        return self.stats().queued_rows if self._embedders else 0
 
     def admit(self, rows: int) -> None:
-        """Count ``rows`` as queued, unless that passes ``max_queue_rows`` (always admitted when nothing is queued).
+        """Refuse ``rows`` more when they would pass ``max_queue_rows`` (a request is always admitted when the
+        queue is empty). Texts still being tokenized are not in the queue yet, so the limit is a soft one.
 
         Raises:
-            QueueFull: The queue is full; nothing was counted.
+            QueueFull: The queue is full (with the seconds its measured rate needs to make room).
         """
-        with self._lock:
-            if self._queued and self._queued + rows > self.config.max_queue_rows:
-                raise QueueFull(rows, self._queued, self.config.max_queue_rows)
-            self._queued += rows
-
-    def release(self, rows: int) -> None:
-        """The ``rows`` of an admitted request were answered (or the request ended)."""
-        with self._lock:
-            self._queued -= rows
+        queued, limit = self.queued_rows, self.config.max_queue_rows
+        if queued and queued + rows > limit:
+            raise QueueFull(rows, queued, limit, self.drain.seconds_for(queued + rows - limit))
 
     async def embed(
-        self, model_id: str, texts: Sequence[str], kind: Kind, on_truncation: OnTruncation
+        self, model_id: str, texts: Sequence[str], kind: Kind, on_truncation: OnTruncation, dimensions: int | None
     ) -> Embedded:
-        """Embed ``texts`` through the core's ``aembed``; counts failures that are not the request's fault.
+        """Embed ``texts`` through the core's ``aembed`` (``dimensions``: its per-call head cuts the vectors);
+        counts failures that are not the request's fault, and samples the drain rate.
 
         Raises:
             InputError, TruncationError: The request's texts (``.index`` / ``.indices`` name them).
         """
+        embedder = self.embedder(model_id, kind)
         try:
-            result = await self.embedder(model_id, kind).aembed(list(texts), kind, on_truncation=on_truncation)
+            result = await embedder.aembed(list(texts), kind, on_truncation=on_truncation, dimensions=dimensions)
         except (InputError, TruncationError):
             raise
         except Exception:
             self._failures += 1
             raise
         self._failures = 0
+        self.drain.sample(sum(embedder.scheduler_stats.replica_rows))
         return result
 
     def stats(self) -> Stats:

@@ -26,7 +26,6 @@ from fastapi import FastAPI
 
 from bge_icl.quickstart import DEFAULT_MODEL
 from bge_icl_server import EmbeddingService, ServerConfig, create_app, load_example_set
-from bge_icl_server.config import DEFAULT_MAX_INPUTS, DEFAULT_MAX_QUEUE_ROWS, DEFAULT_MAX_REQUEST_BYTES
 from bge_icl_server.shutdown import send_error, shutting_down
 
 try:
@@ -39,6 +38,9 @@ except ImportError as e:  # pragma: no cover - exercised only without ray
 DEPLOYMENT_NAME = "BgeIclEmbeddings"
 # Ray's default (5) would leave each replica's batcher few requests to merge.
 DEFAULT_MAX_ONGOING_REQUESTS = 32
+# build_app's keywords that go to application() (the deployment), not to the ServerConfig.
+DEPLOYMENT_KEYWORDS = ("num_replicas", "num_cpus", "num_gpus", "autoscaling_config", "max_ongoing_requests",
+                       "deployment_options")  # fmt: skip
 
 
 def replica_health(app: FastAPI) -> None:
@@ -182,69 +184,48 @@ def deployment(config: ServerConfig, control: Any = None, **deployment_options: 
 
 
 def build_app(
-    model: str = DEFAULT_MODEL,
-    *,
-    num_replicas: int | None = None,
-    examples: Mapping[str, str] | None = None,
-    api_key: str | None = None,
-    served_name: str | None = None,
-    instruction: str | None = None,
-    max_inputs: int = DEFAULT_MAX_INPUTS,
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-    max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS,
-    num_cpus: float | None = None,
-    num_gpus: float | None = None,
-    autoscaling_config: Mapping[str, Any] | None = None,
-    max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
-    deployment_options: Mapping[str, Any] | None = None,
-    **options: Any,
+    model: str = DEFAULT_MODEL, *, examples: Mapping[str, str] | None = None, **settings: Any
 ) -> serve.Application:
     """The Ray Serve application of ``bge-icl serve``, for ``serve.run`` (or ``serve run`` via :func:`app_builder`).
 
     Args:
         model: Hub id or checkpoint directory (reachable from every replica's node).
-        num_replicas: Replicas, each one model (default 1; None with ``autoscaling_config``).
         examples: Example sets by model id: a bundled set's name or a JSON file, read here (``--examples``).
-        api_key: Require ``Authorization: Bearer <api_key>`` on ``/v1/``.
-        served_name: The model id of zero-shot queries (default: the checkpoint's directory name, or the hub id).
-        instruction: The task instruction of zero-shot queries and of file example sets.
-        max_inputs: Most texts per request (413 past it).
-        max_request_bytes: Largest request body (413 past it).
-        max_queue_rows: Most texts in flight per replica (503 with ``Retry-After`` past it).
-        num_cpus: CPUs per replica (default 1).
-        num_gpus: GPUs per replica (default: 1 when the Ray cluster has GPUs, else 0).
-        autoscaling_config: Ray Serve's autoscaling (``min_replicas``, ``max_replicas``,
-            ``target_ongoing_requests``, ...), instead of a fixed ``num_replicas``.
-        max_ongoing_requests: Requests a replica takes at once (its batcher merges them; default 32).
-        deployment_options: Any other ``serve.deployment`` option (``health_check_period_s``, ...).
-        **options: :class:`~bge_icl.options.EmbedderOptions` (``dtype``, ``batch_size``, ``devices``, ...).
+        **settings: :func:`application`'s keywords (``num_replicas``, ``num_cpus``, ``num_gpus``,
+            ``autoscaling_config``, ``max_ongoing_requests``, ``deployment_options``); then
+            :class:`~bge_icl_server.ServerConfig`'s fields (``served_name``, ``instruction``, ``api_key``,
+            ``max_inputs``, ``max_request_bytes``, ``max_queue_rows``, ``allow_dimensions``, ...; None: its
+            default); the rest are :class:`~bge_icl.options.EmbedderOptions` (``dtype``, ``batch_size``, ...).
 
     Raises:
         ValueError: A bad option, example set or limit (before anything is deployed); both ``num_replicas`` and
             ``autoscaling_config``.
         TypeError: An unknown option.
     """
+    deploy = {name: settings.pop(name) for name in DEPLOYMENT_KEYWORDS if name in settings}
+    return application(server_config(model, examples, **settings), **deploy)
+
+
+def server_config(
+    model: str = DEFAULT_MODEL, examples: Mapping[str, str] | None = None, **settings: Any
+) -> ServerConfig:
+    """The :class:`~bge_icl_server.ServerConfig` of :func:`build_app`'s ``model``, ``examples`` and ``settings``
+    (its fields by name, None for their default; the rest are ``options``).
+
+    Raises:
+        ValueError: A bad example set (``examples[name]`` in the message), option or limit.
+        TypeError: An unknown option.
+    """
+    fields = {name: settings.pop(name) for name in list(settings) if name in ServerConfig.model_fields}
     sets = {}
     for name, spec in (examples or {}).items():
         try:
-            sets[name] = load_example_set(spec, instruction)
+            sets[name] = load_example_set(spec, fields.get("instruction"))
         except ValueError as e:
             msg = f"examples[{name!r}]: {e}"
             raise ValueError(msg) from e
-    config = ServerConfig(
-        model=model,
-        served_name=served_name or "",
-        example_sets=sets,
-        instruction=instruction,
-        api_key=api_key,
-        max_inputs=max_inputs,
-        max_request_bytes=max_request_bytes,
-        max_queue_rows=max_queue_rows,
-        options=options,
-    )
-    return application(config, num_replicas=num_replicas, num_cpus=num_cpus, num_gpus=num_gpus,
-                       autoscaling_config=autoscaling_config, max_ongoing_requests=max_ongoing_requests,
-                       deployment_options=deployment_options)  # fmt: skip
+    given = {name: value for name, value in fields.items() if value is not None}
+    return ServerConfig(model=model, example_sets=sets, options=settings, **given)
 
 
 def application(
@@ -258,8 +239,19 @@ def application(
     deployment_options: Mapping[str, Any] | None = None,
     control: Any = None,
 ) -> serve.Application:
-    """The application serving a ready-made ``config`` (``bge-icl serve --ray`` builds one from its flags); the
-    keyword arguments as for :func:`build_app`, and ``control`` as for :func:`deployment`."""
+    """The application serving a ready-made ``config`` (``bge-icl serve --ray`` builds one from its flags).
+
+    Args:
+        config: What each replica serves.
+        num_replicas: Replicas, each one model (default 1; None with ``autoscaling_config``).
+        num_cpus: CPUs per replica (default 1).
+        num_gpus: GPUs per replica (default: 1 when the Ray cluster has GPUs, else 0).
+        autoscaling_config: Ray Serve's autoscaling (``min_replicas``, ``max_replicas``,
+            ``target_ongoing_requests``, ...), instead of a fixed ``num_replicas``.
+        max_ongoing_requests: Requests a replica takes at once (its batcher merges them; default 32).
+        deployment_options: Any other ``serve.deployment`` option (``health_check_period_s``, ...).
+        control: As for :func:`deployment`.
+    """
     if num_replicas is not None and autoscaling_config is not None:
         msg = "pass num_replicas or autoscaling_config, not both (autoscaling decides the number of replicas)"
         raise ValueError(msg)

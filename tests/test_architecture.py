@@ -333,3 +333,13 @@ def test_the_parsing_check_catches_what_the_cli_used_to_do() -> None:
         assert any(needle in line for line in found), (needle, found)
     fields = "def f(caught):\n    for w in caught:\n        if w.message.count > 0:\n            print(w.message)\n"
     assert message_parsing(fields) == []  # fields are read, not text
+
+
+def test_the_server_routes_are_thin() -> None:
+    """vLLM's shape: the app only wires routes (``create_app`` at most 40 code lines), no server function over 50."""
+    for path in sorted((ROOT / "bge_icl_server").glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                cap = 40 if node.name == "create_app" else 50
+                assert _code_lines(source, node.lineno, node.end_lineno) <= cap, f"{path.name}: {node.name}"

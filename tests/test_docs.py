@@ -39,6 +39,8 @@ _OPTIONAL = {
     "pgserver": "pgserver",
     "psycopg": "psycopg",
     "langchain_postgres": "langchain_postgres",
+    "langchain_openai": "langchain_openai",
+    "llama_index.embeddings.openai": "llama_index.embeddings.openai",
 }
 
 

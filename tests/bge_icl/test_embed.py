@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import numpy as np
 import pytest
 
 from bge_icl import ICLEmbedder, TruncationError
+from bge_icl.errors import OptionValueError
 from tests.conftest import NOTEBOOK_DOCUMENTS, NOTEBOOK_QUERIES
 
 
@@ -31,6 +33,27 @@ def test_aembed_runs_off_the_event_loop_and_reports_truncation_by_index(emb: ICL
     with pytest.raises(TruncationError) as info:
         asyncio.run(short.aembed(texts, "passages", on_truncation="error"))
     assert info.value.indices == (1,)
+
+
+@pytest.mark.parametrize("kind", ["queries", "passages"])
+def test_aembed_dimensions_is_the_heads_cut_as_truncate_dim(emb: ICLEmbedder, kind: str) -> None:
+    texts = NOTEBOOK_QUERIES if kind == "queries" else NOTEBOOK_DOCUMENTS
+    cut = emb.with_options(truncate_dim=16)  # the core's own truncate_dim, on the same weights
+    expected = cut.encode_queries(texts) if kind == "queries" else cut.encode_corpus(texts)
+    got = asyncio.run(emb.aembed(texts, kind, dimensions=16)).vectors  # type: ignore[arg-type]
+    assert got.shape == (len(texts), 16)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert asyncio.run(emb.aembed(texts, kind)).vectors.shape == (len(texts), emb.dimension)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dimensions", [0, 10_000])
+def test_aembed_dimensions_out_of_range_names_the_valid_ones(emb: ICLEmbedder, dimensions: int) -> None:
+    message = f"dimensions={dimensions} is out of range; valid: 1 to {emb.dimension}"
+    if dimensions == 0:
+        message = "dimensions must be a positive int, got 0"
+    with pytest.raises(OptionValueError, match=re.escape(message)) as info:
+        asyncio.run(emb.aembed(["a"], "passages", dimensions=dimensions))
+    assert (info.value.option, info.value.value) == ("dimensions", dimensions)
 
 
 def test_stats_count_forward_passes_and_nothing_stays_queued(emb: ICLEmbedder) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bge_icl import ICLEmbedder
-from bge_icl_cli.cli import main
+from bge_icl_cli.cli import build_parser, main
 from bge_icl_cli.serve import BATCHING_FLAGS, DEFAULT_DRAIN_TIMEOUT_S, LIMIT_FLAGS
 
 CPU = ["--devices", "cpu"]
@@ -28,15 +28,21 @@ ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
 ENV.pop("BGE_ICL_API_KEY", None)
 
 
-def test_flags_are_the_cores_options_and_the_servers_limits() -> None:
+def test_flags_are_the_cores_options_and_the_servers_limits(capsys: pytest.CaptureFixture[str]) -> None:
     from bge_icl import EmbedderOptions
 
-    for name in BATCHING_FLAGS:
-        assert name in EmbedderOptions.OPTION_NAMES
     pytest.importorskip("fastapi")
-    server_config = pytest.importorskip("bge_icl_server.config")
-    for name, (default, _) in LIMIT_FLAGS.items():
-        assert server_config.ServerConfig.model_fields[name].default == default
+    from bge_icl_server.config import ServerConfig
+
+    assert main(["serve", "--help"]) == 0
+    shown = "".join(capsys.readouterr().out.split())  # argparse wraps lines (at hyphens, too)
+    for name in (*BATCHING_FLAGS, *LIMIT_FLAGS):
+        field = (EmbedderOptions if name in BATCHING_FLAGS else ServerConfig).model_fields[name]
+        default = "" if field.default is None else f" (default {field.default:,})"
+        flag = "".join(f"--{name.replace('_', '-')} {name.upper()} {field.description}{default}".split())
+        assert flag in shown, name
+    args = build_parser().parse_args(["serve", "--model", "m"])  # a flag left out keeps the declared default
+    assert all(getattr(args, name) is None for name in (*BATCHING_FLAGS, *LIMIT_FLAGS))
     assert DEFAULT_DRAIN_TIMEOUT_S == pytest.importorskip("bge_icl_server.shutdown").DEFAULT_DRAIN_TIMEOUT_S < 30
 
 
@@ -83,7 +89,7 @@ def test_signal_finishes_the_request_in_flight_then_exits_0(tiny_dir: Path, sig:
             f"{url}/v1/embeddings", json={"model": tiny_dir.name, "input": texts}, timeout=120)))  # fmt: skip
         call.start()
         deadline = time.monotonic() + 60
-        while "bge_icl_queue_rows 150.0" not in httpx.get(f"{url}/metrics").text:  # the request is in flight
+        while not re.search(r"^bge_icl_queue_rows [1-9]", httpx.get(f"{url}/metrics").text, re.M):  # in flight
             assert time.monotonic() < deadline
             time.sleep(0.01)
         proc.send_signal(sig)
@@ -103,11 +109,11 @@ def test_api_key_from_the_environment_and_flags(tiny_dir: Path, tmp_path: Path) 
     examples = tmp_path / "faq.json"
     examples.write_text(json.dumps([{"query": "q", "response": "r"}]))
     with serving("--model", tiny_dir, *CPU, "--served-name", "plain", "--examples", f"faq={examples}",
-                 "--instruction", "Find the FAQ entry.", "--max-inputs", "3", "--batch-size", "2",
+                 "--instruction", "Find the FAQ entry.", "--max-inputs", "3", "--batch-size", "2", "--threads", "1",
                  env={**ENV, "BGE_ICL_API_KEY": "from-env"}) as (proc, url):  # fmt: skip
         assert httpx.get(f"{url}/v1/models").status_code == 401
         listing = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer from-env"}).json()
-        assert [m["id"] for m in listing["data"]] == ["plain", "faq"]
+        assert [m["id"] for m in listing["data"]] == ["plain", "faq", "plain:query", "faq:query"]
         too_many = httpx.post(f"{url}/v1/embeddings", json={"model": "faq", "input": ["a"] * 4},
                               headers={"Authorization": "Bearer from-env"})  # fmt: skip
         assert too_many.status_code == 413
@@ -118,6 +124,23 @@ def test_api_key_from_the_environment_and_flags(tiny_dir: Path, tmp_path: Path) 
         assert abs(local.encode_queries(["a q"]) - response.json()["data"][0]["embedding"]).max() <= 1e-5
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+        log = proc.stderr.read()  # type: ignore[union-attr]
+    assert "torch threads: 1" in log and "auth on: /v1/ needs 'Authorization: Bearer <key>'" in log
+    assert "from-env" not in log
+
+
+def test_the_key_comes_from_a_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bge_icl_cli.serve import api_key
+
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret\nignored\n", encoding="utf-8")
+    parse = build_parser().parse_args
+    monkeypatch.setenv("BGE_ICL_API_KEY", "from-env")
+    assert api_key(parse(["serve", "--api-key-file", str(key_file)])) == "s3cret"
+    assert api_key(parse(["serve", "--api-key", "flag"])) == "flag"
+    assert api_key(parse(["serve"])) == "from-env"
+    monkeypatch.delenv("BGE_ICL_API_KEY")
+    assert api_key(parse(["serve"])) is None
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str]:
@@ -128,6 +151,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str]:
 
 
 def test_usage_errors_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.key"
+    empty.write_text("\n", encoding="utf-8")
     cases = [
         (["--examples", "nope"], "bge-icl: error: --examples nope: unknown example set 'nope': bundled sets are "
                                  "web-search; or a JSON file\n"),
@@ -147,11 +172,36 @@ def test_usage_errors_are_one_line(tiny_dir: Path, tmp_path: Path, capsys: pytes
         (["--ray", "--cpus-per-replica", "-1"], "bge-icl: error: --cpus-per-replica must be a number of CPUs >= 0, "
                                                 "got -1\n"),
         (["--drain-timeout", "0"], "bge-icl: error: --drain-timeout must be a positive number of seconds, got 0\n"),
+        (["--api-key", ""], "bge-icl: error: the API key is empty (an unset variable?): give a key, or none at all "
+                            "to serve without one\n"),
+        (["--api-key", "clé"], "bge-icl: error: the API key holds a space, a control or a non-ASCII character"),
+        (["--api-key-file", empty], "bge-icl: error: the API key is empty"),
+        (["--api-key-file", tmp_path / "nope"], f"bge-icl: error: --api-key-file {tmp_path / 'nope'}: cannot read "
+                                                "it"),
+        (["--threads", "0"], "bge-icl: error: --threads must be a positive int, got 0\n"),
     ]  # fmt: skip
     for argv, message in cases:
         code, err = run(capsys, "serve", "--model", tiny_dir, *CPU, *argv)
         assert (code, err[: len(message)]) == (1, message), err
         assert err.count("\n") == 1
+
+
+def test_an_empty_key_in_the_environment_is_refused(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setenv("BGE_ICL_API_KEY", "")
+    code, err = run(capsys, "serve", "--model", tiny_dir, *CPU)
+    assert (code, err.startswith("bge-icl: error: the API key is empty")) == (1, True), err
+
+
+def test_a_reachable_host_without_a_key_is_warned_about() -> None:
+    from bge_icl_cli.serve import auth_warning
+
+    assert auth_warning("0.0.0.0", None) == (
+        "no API key, and 0.0.0.0 is reachable from other machines: anyone who reaches it can embed; pass "
+        "--api-key-file (or $BGE_ICL_API_KEY)")  # fmt: skip
+    assert auth_warning("10.1.2.3", None) is not None and auth_warning("::", None) is not None
+    assert [auth_warning(h, None) for h in ("127.0.0.1", "::1", "localhost", "127.0.0.2")] == [None] * 4
+    assert auth_warning("0.0.0.0", "key") is None
 
 
 def test_ray_mode_without_ray_prints_an_install_hint(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch,

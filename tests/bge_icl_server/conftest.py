@@ -44,7 +44,8 @@ def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def config(tiny_dir: Path, qa_file: Path) -> ServerConfig:
-    """Three model ids: the served name (zero-shot, with an instruction), ``web-search`` (bundled), ``qa`` (a file)."""
+    """Three model ids: the served name (zero-shot, with an instruction), ``web-search`` (bundled), ``qa`` (a file);
+    ``dimensions`` below the model's allowed."""
     return ServerConfig(
         model=str(tiny_dir),
         served_name=SERVED,
@@ -53,6 +54,7 @@ def config(tiny_dir: Path, qa_file: Path) -> ServerConfig:
             "qa": load_example_set(str(qa_file), QA_INSTRUCTION),
         },
         instruction=ZERO_SHOT_INSTRUCTION,
+        allow_dimensions=True,
         options={"devices": "cpu"},
     )
 

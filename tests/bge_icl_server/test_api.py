@@ -75,7 +75,8 @@ def test_truncate_end_cuts_as_the_core_does(server: RunningServer, local: dict[s
 def test_models_in_openais_shape(server: RunningServer) -> None:
     listing = httpx.get(f"{server.api_url}/models").json()
     assert listing["object"] == "list"
-    assert [m["id"] for m in listing["data"]] == [SERVED, "web-search", "qa"]
+    ids = [SERVED, "web-search", "qa"]
+    assert [m["id"] for m in listing["data"]] == [*ids, *(f"{i}:query" for i in ids)]
     for card in listing["data"]:
         assert card == {"id": card["id"], "object": "model", "created": 0, "owned_by": "bge-icl", "root": SERVED}
     assert httpx.get(f"{server.api_url}/models/web-search").json() == listing["data"][1]
@@ -102,14 +103,16 @@ def test_metrics(server: RunningServer) -> None:
     for name in ("bge_icl_requests_total", "bge_icl_rows_total", "bge_icl_forward_passes_total", "bge_icl_queue_rows",
                  "bge_icl_request_duration_seconds", "bge_icl_prefix_hits_total", "bge_icl_ready"):  # fmt: skip
         assert f"# TYPE {name.removesuffix('_total')} " in text or f"# TYPE {name} " in text, name
-    ok = 'bge_icl_requests_total{code="200",route="/v1/embeddings"}'
-    bad = 'bge_icl_requests_total{code="400",route="/v1/embeddings"}'
+    ok = f'bge_icl_requests_total{{code="200",model="{SERVED}",route="/v1/embeddings"}}'
+    bad = 'bge_icl_requests_total{code="400",model="-",route="/v1/embeddings"}'
     assert _metric(text, ok) >= _metric(before, ok) + 1 if ok in before else _metric(text, ok) >= 1
     assert _metric(text, bad) >= 1
     assert _metric(text, "bge_icl_rows_total") >= _metric(before, "bge_icl_rows_total") + 3
     assert 1 <= _metric(text, "bge_icl_forward_passes_total") <= _metric(text, "bge_icl_rows_total")
     assert _metric(text, "bge_icl_queue_rows") == 0 and _metric(text, "bge_icl_ready") == 1
-    assert _metric(text, 'bge_icl_request_duration_seconds_count{route="/v1/embeddings"}') >= 2
+    assert _metric(text, f'bge_icl_request_duration_seconds_count{{model="{SERVED}",route="/v1/embeddings"}}') >= 1
+    inputs = f'bge_icl_inputs_total{{model="{SERVED}"}}'
+    assert _metric(text, inputs) >= (_metric(before, inputs) if inputs in before else 0) + 3
     assert "/health" not in text and "/metrics" not in text  # only /v1/ routes are counted
 
 

@@ -5,6 +5,7 @@ embedder's within 1e-5."""
 from __future__ import annotations
 
 import asyncio
+import re
 import warnings
 from typing import Any
 
@@ -122,3 +123,48 @@ def test_llamaindex_default_model_is_the_served_name(server: RunningServer) -> N
         warnings.simplefilter("ignore")
         emb = nvidia.NVIDIAEmbedding(base_url=server.api_url, max_retries=0)  # the first id of GET /v1/models
     assert emb.model == SERVED
+
+
+@pytest.mark.parametrize("model", IDS)
+def test_langchain_openai_embeddings_ask_for_queries_by_model_id(server: RunningServer, local: dict[str, ICLEmbedder],
+                                                                 model: str) -> None:  # fmt: skip
+    langchain_openai = pytest.importorskip("langchain_openai")
+    common = {"base_url": server.api_url, "api_key": "unused", "check_embedding_ctx_length": False, "max_retries": 0}
+    documents = langchain_openai.OpenAIEmbeddings(model=model, **common)
+    queries = langchain_openai.OpenAIEmbeddings(model=f"{model}:query", **common)
+    assert max_diff(documents.embed_documents(PASSAGES), local[model].encode_corpus(PASSAGES)) <= 1e-5
+    assert max_diff(queries.embed_query(QUERIES[0]), local[model].encode_queries(QUERIES[0])) <= 1e-5
+    assert max_diff(queries.embed_documents(QUERIES), local[model].encode_queries(QUERIES)) <= 1e-5
+    assert max_diff(asyncio.run(queries.aembed_query(QUERIES[1])), local[model].encode_queries(QUERIES[1])) <= 1e-5
+
+
+def test_token_ids_are_refused_with_the_setting_to_change(server: RunningServer) -> None:
+    # What langchain-openai's OpenAIEmbeddings sends by default (tiktoken's ids; its files need the network here).
+    client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match=re.escape("unless check_embedding_ctx_length=False")):
+        client.embeddings.create(model=SERVED, input=[[1820, 374, 264], [2]])
+
+
+@pytest.mark.parametrize("model", IDS)
+def test_llamaindex_openai_embedding_asks_for_queries_by_model_id(
+    server: RunningServer, local: dict[str, ICLEmbedder], model: str
+) -> None:
+    llama_openai = pytest.importorskip("llama_index.embeddings.openai")
+    common = {"api_base": server.api_url, "api_key": "unused", "max_retries": 0}
+    documents = llama_openai.OpenAIEmbedding(model_name=model, **common)
+    queries = llama_openai.OpenAIEmbedding(model_name=f"{model}:query", **common)
+    assert max_diff(documents.get_text_embedding_batch(PASSAGES), local[model].encode_corpus(PASSAGES)) <= 1e-5
+    assert max_diff(queries.get_query_embedding(QUERIES[0]), local[model].encode_queries(QUERIES[0])) <= 1e-5
+    got = asyncio.run(queries.aget_query_embedding(QUERIES[2]))
+    assert max_diff(got, local[model].encode_queries(QUERIES[2])) <= 1e-5
+
+
+def test_a_query_id_with_a_contrary_input_type_is_a_400(server: RunningServer) -> None:
+    client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match=re.escape(
+            "input_type='passage' contradicts the model id 'qa:query', which embeds queries; leave input_type out, "
+            "or use the model id without ':query'")):  # fmt: skip
+        client.embeddings.create(model="qa:query", input=QUERIES, extra_body={"input_type": "passage"})
+    same = client.embeddings.create(model="qa:query", input=QUERIES, extra_body={"input_type": "query"}).data
+    plain = client.embeddings.create(model="qa:query", input=QUERIES).data
+    assert [d.embedding for d in same] == [d.embedding for d in plain]

@@ -75,8 +75,8 @@ def test_config_travels_to_another_process(tiny_dir: Path) -> None:
     [
         ({"options": {"device": "cpu"}}, TypeError, "unknown option 'device' (did you mean devices?)"),
         ({"options": {"batch_size": 0}}, ValueError, "batch_size must be a positive int, got 0"),
-        ({"options": {"examples_for_task": []}}, ValueError, "options may not set ['examples_for_task']"),
-        ({"options": {"model_name": "x"}}, ValueError, "options may not set ['model_name']"),
+        ({"options": {"examples_for_task": []}}, ValueError, "options may not set 'examples_for_task'"),
+        ({"options": {"model_name": "x"}}, ValueError, "options may not set 'model_name'"),
         ({"served_name": "web-search", "example_sets": {"web-search": ExampleSet(examples=QA_EXAMPLES,
                                                                               instruction="I.")}},
          ValueError, "the served name 'web-search' is also an example set's name"),
@@ -85,6 +85,17 @@ def test_config_travels_to_another_process(tiny_dir: Path) -> None:
         ({"max_inputs": 0}, ValueError, "max_inputs\n  Input should be greater than 0"),
         ({"max_queue_rows": -1}, ValueError, "max_queue_rows\n  Input should be greater than 0"),
         ({"api_keys": "k"}, ValueError, "api_keys\n  Extra inputs are not permitted"),
+        ({"api_key": ""}, ValueError, "the API key is empty (an unset variable?): give a key, or none at all to "
+                                      "serve without one"),
+        ({"api_key": "  "}, ValueError, "the API key is empty"),
+        ({"api_key": "clé-secrète"}, ValueError, "the API key holds a space, a control or a non-ASCII character, "
+                                                 "which an HTTP header cannot carry: use printable ASCII"),
+        ({"api_key": "two words"}, ValueError, "the API key holds a space"),
+        ({"example_sets": {"faq:query": ExampleSet(examples=QA_EXAMPLES, instruction="I.")}}, ValueError,
+         "example set name 'faq:query' is not a model id: use a non-empty name without outer spaces, not ending in "
+         "':query'"),
+        ({"served_name": "m:query"}, ValueError, "the served name 'm:query' ends in ':query', which names a model "
+                                                 "id's queries"),
     ],
 )
 def test_bad_config_fails_when_built(fields: dict[str, object], error: type[Exception], message: str) -> None:

@@ -18,6 +18,9 @@ from tests.bge_icl_server.conftest import PASSAGES, SERVED, max_diff
 
 LONG = "mountains and rivers " * 300  # ~900 tokens: past the 512-token limits
 IDS = "tiny-icl, web-search, qa"
+LISTED = f"{IDS}, tiny-icl:query, web-search:query, qa:query"
+TOKEN_IDS = (" (token-id arrays are not supported: send text; langchain-openai's OpenAIEmbeddings sends them unless "
+             "check_embedding_ctx_length=False)")
 OK = {"model": SERVED, "input": PASSAGES}
 
 
@@ -42,7 +45,7 @@ BAD_BODIES: list[tuple[str, Any, str, str | None]] = [
      None),
     ("no-model", {"input": "x"}, re.escape(f"model is missing; served model ids: {IDS}"), "model"),
     ("model-number", {"model": 3, "input": "x"},
-     re.escape(f"model is a number, not a model id; served model ids: {IDS}"), "model"),
+     re.escape(f"model is a number; served model ids: {IDS}"), "model"),
     ("no-input", {"model": SERVED}, re.escape("input is missing; send a string or a list of strings"), "input"),
     ("input-object", {"model": SERVED, "input": {"a": "b"}},
      re.escape("input is an object; send a string or a list of strings"), "input"),
@@ -55,27 +58,25 @@ BAD_BODIES: list[tuple[str, Any, str, str | None]] = [
     ("null-item", {"model": SERVED, "input": ["a", "b", "c", None]},
      re.escape("input[3] is null; each input must be a string"), "input[3]"),
     ("number-item", {"model": SERVED, "input": ["a", 7]},
-     re.escape("input[1] is a number; each input must be a string (token-id arrays are not supported: send text)"),
-     "input[1]"),
+     re.escape(f"input[1] is a number; each input must be a string{TOKEN_IDS}"), "input[1]"),
     ("object-item", {"model": SERVED, "input": ["a", "b", {"text": "c"}]},
      re.escape("input[2] is an object; each input must be a string"), "input[2]"),
     ("bool-item", {"model": SERVED, "input": [True]}, re.escape("input[0] is a boolean; each input must be a string"),
      "input[0]"),
     ("token-ids", {"model": SERVED, "input": [1820, 374]},
-     re.escape("input[0] is a number; each input must be a string (token-id arrays are not supported: send text)"),
-     "input[0]"),
+     re.escape(f"input[0] is a number; each input must be a string{TOKEN_IDS}"), "input[0]"),
     ("token-id-arrays", {"model": SERVED, "input": [[1820, 374], [2]]},
-     re.escape("input[0] is an array; each input must be a string (token-id arrays are not supported: send text)"),
-     "input[0]"),
+     re.escape(f"input[0] is an array; each input must be a string{TOKEN_IDS}"), "input[0]"),
     ("input-type", {"model": SERVED, "input": "x", "input_type": "search"},
-     re.escape("input_type=\"search\" is not supported; valid: 'query', 'passage', 'document'"), "input_type"),
+     re.escape("input_type=\"search\" is not supported; valid: 'queries', 'query', 'passages', 'passage', 'corpus', "
+               "'document', 'documents'"), "input_type"),
     ("encoding", {"model": SERVED, "input": "x", "encoding_format": "int8"},
-     re.escape("encoding_format=\"int8\" is not supported; valid: 'float', 'base64'"), "encoding_format"),
+     re.escape("encoding_format=\"int8\" is not supported; valid: 'float' or 'base64'"), "encoding_format"),
     ("truncate-start", {"model": SERVED, "input": "x", "truncate": "START"},
      re.escape("truncate='START' is not supported: a too-long input is cut at its end, as the model embeds the start "
                "of a text; send 'END' (the default) or 'NONE' (a too-long input is an error)"), "truncate"),
     ("truncate-other", {"model": SERVED, "input": "x", "truncate": "end"},
-     re.escape("truncate=\"end\" is not supported; valid: 'END', 'NONE'"), "truncate"),
+     re.escape("truncate=\"end\" is not supported; valid: 'END' or 'NONE'"), "truncate"),
     ("dimensions-string", {"model": SERVED, "input": "x", "dimensions": "8"},
      re.escape("dimensions is a string; send a positive integer"), "dimensions"),
     ("dimensions-bool", {"model": SERVED, "input": "x", "dimensions": True},
@@ -114,6 +115,17 @@ def test_malformed_json_is_a_400(server: RunningServer, local: dict[str, ICLEmbe
     still_answers(server.url, local)
 
 
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"model": "tiny-icl", "input": ' + b"[" * 5000 + b"]" * 5000 + b"}"],
+                         ids=["brackets", "nested-input"])
+def test_deeply_nested_json_is_a_400_with_its_request_id(server: RunningServer, local: dict[str, ICLEmbedder],
+                                                         raw: bytes) -> None:  # fmt: skip
+    response = httpx.post(f"{server.api_url}/embeddings", content=raw, headers={"X-Request-ID": "deep-1"})
+    check_error(response, 400, re.escape("the request body is not valid JSON (nested too deeply); send a JSON object "
+                                         'such as {"model": ..., "input": ...}'), None)  # fmt: skip
+    assert response.headers["x-request-id"] == "deep-1"
+    still_answers(server.url, local)
+
+
 def test_lone_surrogate_names_its_input(server: RunningServer, local: dict[str, ICLEmbedder]) -> None:
     raw = b'{"model": "tiny-icl", "input": ["fine", "bad \\ud800 text"]}'
     response = httpx.post(f"{server.api_url}/embeddings", content=raw)
@@ -124,14 +136,14 @@ def test_lone_surrogate_names_its_input(server: RunningServer, local: dict[str, 
 
 def test_unknown_model_is_a_404(server: RunningServer, local: dict[str, ICLEmbedder]) -> None:
     response = httpx.post(f"{server.api_url}/embeddings", json={"model": "gpt-4", "input": "x"})
-    check_error(response, 404, re.escape(f"the model 'gpt-4' is not served here; served model ids: {IDS}"), "model",
+    check_error(response, 404, re.escape(f"the model 'gpt-4' is not served here; served model ids: {LISTED}"), "model",
                 "model_not_found")  # fmt: skip
     check_error(httpx.get(f"{server.api_url}/models/gpt-4"), 404, ".*not served here.*", "model", "model_not_found")
     still_answers(server.url, local)
 
 
 def test_unknown_route_and_method(server: RunningServer, local: dict[str, ICLEmbedder]) -> None:
-    routes = "routes: POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics"
+    routes = "routes: POST /v1/embeddings, GET /v1/models, GET /health/live, GET /health/ready, GET /metrics, GET /docs"
     check_error(httpx.get(f"{server.url}/v1/chat/completions"), 404,
                 re.escape(f"GET /v1/chat/completions: Not Found; {routes}"), None)  # fmt: skip
     check_error(httpx.get(f"{server.api_url}/embeddings"), 405,

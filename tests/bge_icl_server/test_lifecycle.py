@@ -16,6 +16,7 @@ import torch
 
 from bge_icl import ICLEmbedder
 from bge_icl_server import EmbeddingService, RunningServer, ServerConfig, serve_in_thread
+from bge_icl_server.service import DrainRate
 from tests.bge_icl_server.conftest import PASSAGES, SERVED, max_diff
 from tests.bge_icl_server.test_errors import OK, check_error, still_answers
 
@@ -63,20 +64,39 @@ def queue_server(tiny_dir: Path) -> Iterator[RunningServer]:
 
 def test_a_full_queue_is_a_503_with_retry_after(queue_server: RunningServer, local: dict[str, ICLEmbedder]) -> None:
     service = queue_server.service
-    service.admit(4)  # as a request of 4 texts in flight would
+    still_answers(queue_server.url, local)  # a first measure of the drain rate
+    slow = {"model": SERVED, "input": ["mountains and rivers " * 100] * 40}  # seconds on this model
+    result: dict[str, httpx.Response] = {}
+    call = threading.Thread(target=lambda: result.setdefault("r", httpx.post(
+        f"{queue_server.api_url}/embeddings", json=slow, timeout=120)))  # fmt: skip
+    call.start()
     try:
-        response = httpx.post(f"{queue_server.api_url}/embeddings", json=OK)  # 3 more: 7 > 6
-        busy = "the server is busy: 4 texts are queued and 3 more would pass its limit of 6; retry after 1 s"
-        check_error(response, 503, re.escape(busy), None, "queue_full", "server_error")
-        assert response.headers["retry-after"] == "1"
-        small = httpx.post(f"{queue_server.api_url}/embeddings", json={"model": SERVED, "input": PASSAGES[:2]})
-        assert small.status_code == 200  # 4 + 2 <= 6
+        deadline = time.monotonic() + 60
+        while service.queued_rows == 0:  # admitted on an empty queue, although past the limit alone
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        response = httpx.post(f"{queue_server.api_url}/embeddings", json=OK)  # 3 more: past 6
+        body = response.json()["error"]
+        wait = response.headers["retry-after"]
+        busy = (rf"the server is busy: \d+ texts are queued and 3 more would pass its limit of 6; retry after "
+                rf"{wait} s")  # fmt: skip
+        check_error(response, 503, busy, None, "queue_full", "server_error")
+        assert 1 <= int(wait) <= 60 and body["code"] == "queue_full"
     finally:
-        service.release(4)
-    still_answers(queue_server.url, local)
-    big = httpx.post(f"{queue_server.api_url}/embeddings", json={"model": SERVED, "input": PASSAGES * 3}, timeout=60)
-    assert big.status_code == 200 and len(big.json()["data"]) == 9  # past the limit alone: admitted on an empty queue
+        call.join(120)
+    assert result["r"].status_code == 200 and len(result["r"].json()["data"]) == 40
     assert service.queued_rows == 0
+    still_answers(queue_server.url, local)
+
+
+def test_retry_after_follows_the_measured_drain_rate() -> None:
+    rate = DrainRate(window=30)
+    assert rate.seconds_for(100) == 1  # nothing measured yet
+    rate.sample(0, now=0.0)
+    rate.sample(50, now=10.0)  # 5 texts a second
+    assert rate.seconds_for(100) == 20 and rate.seconds_for(1) == 1 and rate.seconds_for(10_000) == 60
+    rate.sample(50, now=100.0)  # the old samples leave the window: nothing measured again
+    assert rate.seconds_for(100) == 1
 
 
 def test_a_client_that_goes_away_frees_its_rows(queue_server: RunningServer, local: dict[str, ICLEmbedder]) -> None:
@@ -103,6 +123,7 @@ def test_a_forward_pass_that_keeps_failing_makes_the_server_unhealthy(tiny_dir: 
                 response = httpx.post(f"{running.api_url}/embeddings", json=OK, headers={"X-Request-ID": "r1"})
                 check_error(response, 500, re.escape("the server failed on this request (RuntimeError); see its log "
                                                      "for request r1"), None, None, "server_error")  # fmt: skip
+                assert response.headers["x-request-id"] == "r1"  # a 500 too carries the id its message names
             health = httpx.get(f"{running.url}/health")
             assert (health.status_code, health.json()) == (503, {"status": "unhealthy"})
         finally:
@@ -132,4 +153,4 @@ def test_concurrent_requests_all_answer(queue_server: RunningServer, local: dict
         if r.status_code == 200:
             assert max_diff(r.json()["data"][0]["embedding"], expected[i % 3]) <= 1e-5
         else:
-            assert r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "queue_full"
+            assert int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "queue_full"

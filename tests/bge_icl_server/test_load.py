@@ -46,7 +46,8 @@ def test_256_requests_from_32_clients(server: RunningServer, local: dict[str, IC
         return bench.metric(after, name) - bench.metric(before, name)
 
     assert delta("bge_icl_rows_total") == sum(len(c.texts) for c in calls)
-    assert delta('bge_icl_requests_total{code="200",route="/v1/embeddings"}') == 256
+    ok = 'bge_icl_requests_total{{code="200",model="{}",route="/v1/embeddings"}}'
+    assert delta(ok.format(SERVED)) + delta(ok.format("web-search")) == 256  # counted per model id
     assert 1 <= delta("bge_icl_forward_passes_total") <= 256 * 8
     summary = result.summary(calls)
     assert summary["answered"] == 256 and summary["failed"] == 0 and summary["p50_ms"] <= summary["p99_ms"]

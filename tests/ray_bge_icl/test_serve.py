@@ -32,8 +32,8 @@ pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder  # noqa: E402
-from bge_icl_server import ServerConfig, serve_in_thread  # noqa: E402
-from ray_bge_icl.serve import DEPLOYMENT_NAME, app_builder, build_app, replica_health  # noqa: E402
+from bge_icl_server import ServerConfig, load_example_set, serve_in_thread  # noqa: E402
+from ray_bge_icl.serve import DEPLOYMENT_NAME, app_builder, build_app, replica_health, server_config  # noqa: E402
 from tests.bge_icl_cli.test_serve import post_in_threads  # noqa: E402
 from tests.bge_icl_server.conftest import PASSAGES, QUERIES, max_diff  # noqa: E402
 from tests.bge_icl_server.test_errors import check_error  # noqa: E402
@@ -121,14 +121,16 @@ def test_openai_client_vectors(cluster: str, local: dict[str, ICLEmbedder]) -> N
 def test_the_http_api_is_bge_icl_serves(cluster: str) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
     assert httpx.get(f"{cluster}/health").json() == {"status": "ready"}
-    assert [m["id"] for m in httpx.get(f"{cluster}/v1/models", headers=auth).json()["data"]] == [SERVED, "web-search"]
+    ids = [m["id"] for m in httpx.get(f"{cluster}/v1/models", headers=auth).json()["data"]]
+    assert ids == [SERVED, "web-search", f"{SERVED}:query", "web-search:query"]
     check_error(httpx.get(f"{cluster}/v1/models"), 401, re.escape("no API key: send the header 'Authorization: "
                 "Bearer <key>' (the openai client's api_key)"), None, "invalid_api_key")  # fmt: skip
     check_error(httpx.post(f"{cluster}/v1/embeddings", json={"model": SERVED, "input": ["a", "b", "c", None]},
                            headers=auth), 400, re.escape("input[3] is null; each input must be a string"),
                 "input[3]")  # fmt: skip
     check_error(httpx.post(f"{cluster}/v1/embeddings", json={"model": "nope", "input": "a"}, headers=auth), 404,
-                re.escape("the model 'nope' is not served here; served model ids: tiny, web-search"), "model",
+                re.escape("the model 'nope' is not served here; served model ids: tiny, web-search, tiny:query, "
+                          "web-search:query"), "model",
                 "model_not_found")  # fmt: skip
     check_error(httpx.post(f"{cluster}/v1/embeddings", json={"model": SERVED, "input": ["a"] * 65}, headers=auth),
                 413, re.escape("input has 65 items; this server takes at most 64 per request (split the request)"),
@@ -346,3 +348,17 @@ def test_a_replica_load_error_reaches_the_command_line(tmp_path: Path) -> None:
         last = proc.stderr.read().strip().splitlines()[-1]  # type: ignore[union-attr]
     assert last.startswith("bge-icl: error: ") and "config.json" in last, last
     assert last.endswith("Or pass --model PATH to a local checkpoint directory."), last
+
+
+def test_build_app_takes_every_server_config_field() -> None:
+    fields = {"served_name": "plain", "instruction": "Find it.", "api_key": "k", "max_inputs": 3,
+              "max_request_bytes": 1000, "max_queue_rows": 5, "allow_dimensions": True,
+              "cors_origins": ("https://a.example",)}  # fmt: skip
+    assert set(fields) == set(ServerConfig.model_fields) - {"model", "example_sets", "options"}
+    got = server_config("BAAI/bge-en-icl", {"ws": "web-search"}, **fields, batch_size=4, devices="cpu")
+    sets = {"ws": load_example_set("web-search")}
+    assert got == ServerConfig(model="BAAI/bge-en-icl", example_sets=sets, options={"batch_size": 4, "devices": "cpu"},
+                               **fields)  # fmt: skip
+    assert server_config("BAAI/bge-en-icl", served_name=None) == ServerConfig(model="BAAI/bge-en-icl")
+    with pytest.raises(ValueError, match="max_inputs"):
+        build_app("BAAI/bge-en-icl", max_inputs=0)
