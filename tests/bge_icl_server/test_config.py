@@ -75,8 +75,8 @@ def test_config_travels_to_another_process(tiny_dir: Path) -> None:
     [
         ({"options": {"device": "cpu"}}, TypeError, "unknown option 'device' (did you mean devices?)"),
         ({"options": {"batch_size": 0}}, ValueError, "batch_size must be a positive int, got 0"),
-        ({"options": {"examples_for_task": []}}, ValueError, "options may not set 'examples_for_task'"),
-        ({"options": {"model_name": "x"}}, ValueError, "options may not set 'model_name'"),
+        ({"options": {"examples_for_task": []}}, ValueError, "options may not set ['examples_for_task']"),
+        ({"options": {"model_name": "x"}}, ValueError, "options may not set ['model_name']"),
         ({"served_name": "web-search", "example_sets": {"web-search": ExampleSet(examples=QA_EXAMPLES,
                                                                               instruction="I.")}},
          ValueError, "the served name 'web-search' is also an example set's name"),
