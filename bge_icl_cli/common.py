@@ -97,7 +97,8 @@ def model_options(p: argparse.ArgumentParser) -> None:
         "--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint directory (default {DEFAULT_MODEL})"
     )
     p.add_argument("--devices", default=None, help="cpu, cuda:0 or a GPU index (default: first GPU, else CPU)")
-    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), float16, bfloat16, float32")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (fp16 on GPU; bf16 on a CPU with bf16 units, else fp32), float16, bfloat16, float32")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (model loading included)")
 
 
