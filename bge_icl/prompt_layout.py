@@ -79,8 +79,8 @@ class PromptLayout:
         max_length: ``query_max_length``.
         plan: The token budgets for ``max_length``.
         cached_ids: The token ids every query starts with whose keys/values are cached (BOS up to where the query
-            text begins: ``<query>``, or the blank line after the last example); None when queries run whole (``prefix_cache=False``, no prefix beyond BOS, or past the attention
-            window).
+            text begins: ``<query>``, or the blank line after the last example); None when queries run whole
+            (``prefix_cache=False``, no prefix beyond BOS, or past the attention window).
         split: Where prompt strings split into a known start (its ids the cached ids' start, through their last
             special token) and the rest (tokenized per call); None: every prompt is tokenized whole.
         caches: The key/value caches of :attr:`cached_ids`, one per replica, built on each replica's first prefix

@@ -7,8 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-
 from transformers import AutoTokenizer
 
 from bge_icl import ICLEmbedder
