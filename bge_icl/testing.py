@@ -176,7 +176,8 @@ def build_real_shaped_checkpoint(
     out = Path(directory)
     build_tokenizer(out)
     torch.manual_seed(seed)
-    model = MistralModel(mistral_config(**real_shaped_config(num_hidden_layers))).to(torch.bfloat16)
+    model = MistralModel(mistral_config(**real_shaped_config(num_hidden_layers)))
+    torch.nn.Module.to(model, torch.bfloat16)  # in place; save_pretrained records the dtype
     model.save_pretrained(out)
     write_sentence_transformers_files(out, model.config.hidden_size)
     return out
