@@ -69,6 +69,7 @@ def measure(name: str, emb: Any, dtype: torch.dtype, jobs: dict[str, list[str]],
             row["over_matmul"] = seconds / linear_seconds(ctx["config"], tokens, dtype)
             row["ms"] = seconds * 1000
         out[kind], out["vectors"][kind] = row, np.asarray(vectors, dtype=np.float32)
+        print(f"  {name} {out['dtype']} {kind}: {row['per_s']:.2f}/s", file=sys.stderr, flush=True)  # progress
     return out
 
 
