@@ -6,7 +6,8 @@ The checkpoint has bge-en-icl's real layer shapes (hidden 4096, MLP 14336, 32 / 
 queries of 3-14 words with the model card's two web-search examples and instruction; 32 passages of 80-180 words
 (~190 tokens); one query alone. FlagICLModel runs the first 16 queries and passages (it is slow: it recomputes the
 prefix per query). The roofline (``benchmarks/roofline.py``): the fraction of the ``linear`` peak in the run's dtype
-that each figure reaches, and for one query its time over the time of its own matmuls. The 7B column scales each rate
+that each figure reaches (the peak measured again right before each engine's runs), and for one query its time over
+the time of its own matmuls (measured right after it). The 7B column scales each rate
 to 32 layers (all of the time counted as layer time). Needs FlagEmbedding, so it runs in the transformers-4.57
 environment: ``make bench-cpu``.
 """
@@ -59,6 +60,7 @@ def measure(name: str, emb: Any, dtype: torch.dtype, jobs: dict[str, list[str]],
     """Each job's rate, fraction of the peak, and (one query) time over its matmul time; the vectors."""
     out: dict[str, Any] = {"engine": name, "dtype": str(dtype).removeprefix("torch."), "vectors": {}}
     cached = name.startswith("bge-icl")
+    ctx["peaks"][dtype] = peak_flops(ctx["config"], dtype)  # again right before the engine: a shared machine drifts
     for kind, texts in jobs.items():
         call = emb.encode_corpus if kind == "passages" else emb.encode_queries
         seconds, vectors = best_of(lambda c=call, t=texts: c(t), ctx["repeats"])
@@ -101,8 +103,7 @@ def main() -> None:
     bf16 = auto.with_options(dtype="bfloat16")
     flag = FlagICLModel(path, use_fp16=False, devices="cpu", **kwargs)
     config = config_of(path)
-    ctx = {"repeats": args.repeats, "config": config, "counter": f32,
-           "peaks": {d: peak_flops(config, d) for d in (torch.float32, torch.bfloat16)}}  # fmt: skip
+    ctx = {"repeats": args.repeats, "config": config, "counter": f32, "peaks": {}}
     for emb in (f32, bf16):
         emb.encode_queries(queries[:4]), emb.encode_corpus(passages[:4])  # warm-up, builds the prefix cache
     flag.encode_queries(queries[:2]), flag.encode_corpus(passages[:2])

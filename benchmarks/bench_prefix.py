@@ -148,8 +148,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpoint", type=Path, default=CACHE, help="where the real-shaped checkpoint is kept")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory figures (a subprocess each)")
+    parser.add_argument("--queries", type=int, default=256, help="queries per timed call")
     args = parser.parse_args()
-    qs = queries()
+    qs = queries(args.queries)
     path = real_shaped_checkpoint(args.checkpoint)
     results: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d"),
