@@ -272,8 +272,9 @@ def test_bge_icl_serve_ray_from_the_command_line(tiny_dir: Path, local: dict[str
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "BGE_ICL_RAY_TEST_MARK": mark}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "bge_icl_cli", "serve", "--ray", "--replicas", "2", "--model",
-                             str(tiny_dir), "--devices", "cpu", "--served-name", SERVED, "--examples", "web-search",
-                             "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             str(tiny_dir), "--devices", "cpu", "--dtype", "float32", "--served-name", SERVED,
+                             "--examples", "web-search", "--port", str(port)],
+                            env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 240
         while True:
