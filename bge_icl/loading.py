@@ -268,10 +268,11 @@ def load_replicas(
     """One :func:`load_model` per entry of ``devices`` (a device listed twice gets two replicas).
 
     ``use_fp16=False`` / ``use_bf16=True`` (FlagEmbedding's flags) pick float32 / bfloat16 (float32 on the CPU) when
-    ``dtype="auto"``; otherwise ``"auto"`` is :func:`auto_dtype` (bfloat16 on a CPU with bf16 units).
+    ``dtype="auto"``, and ``use_fp16=True`` on the CPU float32 (FlagEmbedding's meaning of its flags); otherwise
+    ``"auto"`` is :func:`auto_dtype` (bfloat16 on a CPU with bf16 units).
     """
     devs = resolve_devices(devices)
-    if dtype == "auto" and (use_fp16 is False or use_bf16):
+    if dtype == "auto" and (use_fp16 is False or use_bf16 or (use_fp16 and devs[0] == "cpu")):
         dtype = "bfloat16" if use_bf16 and devs[0] != "cpu" else "float32"
     return [
         load_model(

@@ -196,7 +196,8 @@ class EmbedderOptions(BaseModel):
     revision: str | None = None
     """Model revision (branch, tag or commit), passed to ``from_pretrained``."""
     use_fp16: bool | None = None
-    """FlagEmbedding compatibility: False means float32. Used only when ``dtype="auto"``."""
+    """FlagEmbedding compatibility: False means float32; True float16 on GPU and, as in FlagEmbedding, float32 on the
+    CPU. Used only when ``dtype="auto"``."""
     use_bf16: bool | None = None
     """FlagEmbedding compatibility: True means bfloat16 on GPU. Used only when ``dtype="auto"``."""
     convert_to_numpy: bool = True

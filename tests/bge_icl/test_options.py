@@ -88,6 +88,7 @@ def test_auto_dtype_is_reported_and_flag_model_keeps_float32_on_the_cpu(tiny_dir
 
 def test_flagembedding_use_fp16_false_means_float32(tiny_dir: Path) -> None:
     assert ICLEmbedder(str(tiny_dir), devices="cpu", use_fp16=False).torch_dtype == torch.float32
+    assert ICLEmbedder(str(tiny_dir), devices="cpu", use_fp16=True).torch_dtype == torch.float32  # FlagEmbedding's CPU
     assert ICLEmbedder(str(tiny_dir), devices="cpu", dtype="bfloat16").torch_dtype == torch.bfloat16
 
 
