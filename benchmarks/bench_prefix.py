@@ -1,12 +1,14 @@
-"""CPU benchmark of the few-shot prefix: shared-prefix vs copy attention, prefix scaling, tokenization, memory.
+"""CPU benchmark of the few-shot prefix: shared-prefix vs copy attention, prefix scaling, queries without an
+instruction, tokenization, memory, and the fraction of the ``linear`` peak the default path reaches.
 
-Same checkpoint as ``bench_cpu.py`` (random-weight MistralModel, hidden 512, 8 layers, 8 heads / 2 KV heads,
-intermediate 1792, bge-en-icl's real tokenizer, float32). Workload: 256 queries of 3-14 words, with the model
-card's 2 web-search examples and with 8 examples (a ~1,000-token prefix). Attention: ``shared`` (the default: on
-CPU torch's fused flash kernel for the prefix and the tail, merged by log-sum-exp), ``shared-explicit``
-(float32 score matrices in row chunks) and ``copy`` (a prefix copy per row): the ``prefix_attention`` option.
-Runs in ``.venv`` (no FlagEmbedding): ``make bench-prefix``. Each memory figure comes from a fresh subprocess: the
-peak RSS of one call that runs 256 (or 64) queries as one batch, minus the RSS before it (with
+The real-shaped checkpoint of ``bench_cpu.py`` (bge-en-icl's widths, 2 of its 32 layers, random weights, its real
+tokenizer), in the default dtype (``dtype="auto"``: bfloat16 on a CPU with bf16 units, else float32). Workload: 256
+queries of 3-14 words, with the model card's 2 web-search examples and with 8 examples (a ~1,000-token prefix), and
+with the 2 examples but no task instruction (``query_instruction_for_retrieval=None``: the examples keep their own).
+Attention: ``shared`` (the default: on CPU torch's fused flash kernel for the prefix and the tail, merged by
+log-sum-exp), ``shared-explicit`` (float32 score matrices in row chunks) and ``copy`` (a prefix copy per row): the
+``prefix_attention`` option. Runs in ``.venv`` (no FlagEmbedding): ``make bench-prefix``. Each memory figure comes
+from a fresh subprocess: the peak RSS of one call that runs 256 queries as one batch, minus the RSS before it (with
 ``MALLOC_MMAP_THRESHOLD_`` set so that freed memory leaves the process and the peak tracks live memory).
 """
 
@@ -19,12 +21,12 @@ import platform
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import transformers
+from roofline import CACHE, config_of, fraction, peak_flops, real_shaped_checkpoint
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
 from bge_icl.quickstart import EXAMPLES
@@ -59,18 +61,20 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
 
 
 def checkpoint(root: Path) -> str:
+    """The medium checkpoint (hidden 512, 8 layers) that ``bench_serve.py`` loads (many callers on one model)."""
     return str(build_checkpoint(root / "bench", seed=0, hidden_size=512, intermediate_size=1792,
                                 num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2))  # fmt: skip
 
 
-def embedder(path: str, n_examples: int, attention: str = "auto") -> ICLEmbedder:
+def embedder(path: str, n_examples: int, attention: str = "auto", instruction: str | None = WEB_SEARCH_INSTRUCTION,
+             dtype: str = "auto") -> ICLEmbedder:  # fmt: skip
     return ICLEmbedder(
         path,
         devices="cpu",
-        dtype="float32",
+        dtype=dtype,
         show_progress=False,
         examples_for_task=examples(n_examples),
-        query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION,
+        query_instruction_for_retrieval=instruction,
         prefix_attention=attention,
     )
 
@@ -98,45 +102,74 @@ def memory_child(path: str, n_examples: int, rows: int, attention: str) -> None:
 def memory(path: str, n_examples: int, attention: str, rows: int) -> dict[str, float]:
     # Large allocations get their own mappings, returned at free: the peak RSS then tracks live memory.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    code = f"import benchmarks.bench_prefix as b; b.memory_child({path!r}, {n_examples}, {rows}, {attention!r})"
+    here = str(Path(__file__).resolve().parent)
+    code = f"import sys; sys.path.insert(0, {here!r}); import bench_prefix as b; " \
+           f"b.memory_child({path!r}, {n_examples}, {rows}, {attention!r})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rates(path: str, qs: list[str], repeats: int, results: dict[str, object]) -> None:
+    """Queries/s for 2 and 8 examples on each attention path, and for 2 examples without an instruction."""
+    for n_examples in (2, 8):
+        for attention in ATTENTIONS:
+            emb = embedder(path, n_examples, attention)
+            emb.encode_queries(qs[:4])
+            rate = best_rate(lambda e=emb: e.encode_queries(qs), len(qs), repeats)
+            results[f"queries_per_s_{n_examples}ex_{attention}"] = round(rate, 1)
+            results[f"prefix_tokens_{n_examples}ex"] = emb.prefix_length
+        emb = embedder(path, n_examples)
+        emb.encode_queries(qs[:4])
+        joint = emb.with_options(prefix_cache=False)
+        results[f"tokenize_per_s_{n_examples}ex_split"] = round(
+            best_rate(lambda e=emb: e.tokenize_queries(qs), len(qs), repeats), 1)  # fmt: skip
+        results[f"tokenize_per_s_{n_examples}ex_joint"] = round(
+            best_rate(lambda e=joint: e.tokenize_queries(qs), len(qs), repeats), 1)  # fmt: skip
+    bare = embedder(path, 2, instruction=None)
+    bare.encode_queries(qs[:4])
+    results["queries_per_s_2ex_no_instruction"] = round(
+        best_rate(lambda: bare.encode_queries(qs), len(qs), repeats), 1)  # fmt: skip
+    results["prefix_tokens_2ex_no_instruction"] = bare.prefix_length
+
+
+def roofline(path: str, qs: list[str], results: dict[str, object]) -> None:
+    """The default path's fraction of the ``linear`` peak in the run's dtype (2 examples, shared)."""
+    emb = embedder(path, 2)
+    config = config_of(path)
+    peak = peak_flops(config, emb.torch_dtype)
+    tokens = sum(len(x) - (emb.prefix_length or 0) for x in emb.tokenize_queries(qs).ids)
+    seconds = len(qs) / float(results["queries_per_s_2ex_shared"])  # type: ignore[arg-type]
+    results["linear_peak_tflops"] = round(peak / 1e12, 3)
+    results["fraction_of_peak_2ex_shared"] = round(fraction(tokens, seconds, peak, config), 2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--checkpoint", type=Path, default=CACHE, help="where the real-shaped checkpoint is kept")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory figures (a subprocess each)")
+    parser.add_argument("--queries", type=int, default=256, help="queries per timed call")
     args = parser.parse_args()
-    qs = queries()
+    qs = queries(args.queries)
+    path = real_shaped_checkpoint(args.checkpoint)
     results: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
         "software": f"torch {torch.__version__}, transformers {transformers.__version__}",
+        "checkpoint": "real-shaped, 2 layers",
+        "dtype": str(embedder(path, 0).torch_dtype).removeprefix("torch."),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        path = checkpoint(Path(tmp))
+    rates(path, qs, args.repeats, results)
+    roofline(path, qs, results)
+    for attention in () if args.no_memory else ATTENTIONS:  # one batch of 256 queries: memory grows with rows x P?
         for n_examples in (2, 8):
-            for attention in ATTENTIONS:
-                emb = embedder(path, n_examples, attention)
-                emb.encode_queries(qs[:4])
-                rate = best_rate(lambda e=emb: e.encode_queries(qs), len(qs), args.repeats)
-                results[f"queries_per_s_{n_examples}ex_{attention}"] = round(rate, 1)
-                results[f"prefix_tokens_{n_examples}ex"] = emb.prefix_length
-            emb = embedder(path, n_examples)
-            emb.encode_queries(qs[:4])
-            joint = emb.with_options(prefix_cache=False)
-            results[f"tokenize_per_s_{n_examples}ex_split"] = round(
-                best_rate(lambda e=emb: e.tokenize_queries(qs), len(qs), args.repeats), 1)  # fmt: skip
-            results[f"tokenize_per_s_{n_examples}ex_joint"] = round(
-                best_rate(lambda e=joint: e.tokenize_queries(qs), len(qs), args.repeats), 1)  # fmt: skip
-        for attention in ATTENTIONS:  # one batch of `rows` queries: does memory grow with rows x prefix?
-            for n_examples, rows in ((2, 256), (8, 256), (8, 64)):
-                growth = memory(path, n_examples, attention, rows=rows)["peak_growth_mib"]
-                results[f"peak_growth_mib_{rows}q_one_batch_{n_examples}ex_{attention}"] = round(growth, 1)
-    results["scaling_8ex_over_2ex_shared-explicit"] = round(
-        float(results["queries_per_s_8ex_shared-explicit"]) / float(results["queries_per_s_2ex_shared-explicit"]), 2)  # type: ignore[arg-type]  # fmt: skip
-    results["scaling_8ex_over_2ex_shared"] = round(
-        float(results["queries_per_s_8ex_shared"]) / float(results["queries_per_s_2ex_shared"]), 2)  # type: ignore[arg-type]  # fmt: skip
+            growth = memory(path, n_examples, attention, rows=256)["peak_growth_mib"]
+            results[f"peak_growth_mib_256q_one_batch_{n_examples}ex_{attention}"] = round(growth, 1)
+    for attention in ATTENTIONS:
+        results[f"scaling_8ex_over_2ex_{attention}"] = round(
+            float(results[f"queries_per_s_8ex_{attention}"]) / float(results[f"queries_per_s_2ex_{attention}"]), 2)  # type: ignore[arg-type]  # fmt: skip
+    results["no_instruction_over_instruction"] = round(
+        float(results["queries_per_s_2ex_no_instruction"]) / float(results["queries_per_s_2ex_shared"]), 2)  # type: ignore[arg-type]  # fmt: skip
     print(json.dumps(results, indent=2))
 
 

@@ -1,7 +1,8 @@
 """Many callers, one model (in process): dynamic batching throughput and a small call's latency behind a big one.
 
 Same checkpoint as ``bench_cpu.py`` (random-weight MistralModel, hidden 512, 8 layers, 8 heads / 2 KV heads,
-intermediate 1792, bge-en-icl's real tokenizer, float32 on CPU), the model card's two web-search examples.
+intermediate 1792, bge-en-icl's real tokenizer), in the default dtype (``dtype="auto"``: bfloat16 on a CPU with bf16
+units, else float32; reported), the model card's two web-search examples.
 
 1. **Throughput.** 64 single-query calls at once, against one ``encode_queries`` call of the same 64 queries (the
    best a caller can do by batching itself): 64 threads calling ``encode_queries([q])``; 64 LangChain
@@ -168,13 +169,14 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = checkpoint(Path(tmp))
-        emb = ICLEmbedder(path, devices="cpu", dtype="float32", show_progress=False, on_truncation="ignore",
+        emb = ICLEmbedder(path, devices="cpu", show_progress=False, on_truncation="ignore",  # the default dtype
                           examples_for_task=EXAMPLES,
                           query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION)  # fmt: skip
         corpus_emb = emb.with_examples(None)  # passages do not depend on the examples
         queries = texts(args.queries, 3, 14, seed=0)
         emb.encode_queries(queries[:4]), corpus_emb.encode_corpus(queries[:4])  # warm-up, prefix cache
-        results["defaults"] = {"max_batch_tokens": emb.token_budget, "batch_size": getattr(emb, "row_limit", None)}
+        results["defaults"] = {"max_batch_tokens": emb.token_budget, "batch_size": getattr(emb, "row_limit", None),
+                               "dtype": f"auto: {str(emb.torch_dtype).removeprefix('torch.')}"}  # fmt: skip
         results["throughput_64_single_query_calls"] = throughput(emb, queries, args.repeats)
         results["latency_behind_a_corpus_call"] = latency(emb, corpus_emb, texts(40, 3, 14, seed=2),
                                                           texts(args.passages, 20, 300, seed=1))  # fmt: skip

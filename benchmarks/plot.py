@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def plot(results: Path, out: Path) -> Path:
-    """Bar chart of the latest CPU run: texts/s for bge-icl and FlagICLModel, per workload, log scale."""
+    """Bar chart of the latest CPU run: texts/s for bge-icl (its default dtype) and FlagICLModel, per workload, log
+    scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,11 +34,13 @@ def plot(results: Path, out: Path) -> Path:
     ax.bar([x + 0.2 for x in xs], ours, width=0.4, label="bge-icl", color="#2b6cb0")
     for x, w in zip(xs, labels, strict=True):
         ax.annotate(f"{run['workloads'][w]['ratio']:.1f}x", (x + 0.2, ours[x]), ha="center", va="bottom")
-    ax.set_xticks(list(xs), [f"{w} ({'few-shot' if w == 'queries' else '20-300 words'})" for w in labels])
+    notes = {"queries": "few-shot", "passages": "~190 tokens" if "checkpoint" in run else "20-300 words"}
+    ax.set_xticks(list(xs), [f"{w} ({notes[w]})" if w in notes else w for w in labels])
     ax.set_yscale("log")
     ax.set_ylim(top=max(ours) * 2.5)  # room for the ratio labels
     ax.set_ylabel("texts per second (log)")
-    ax.set_title(f"CPU, fp32, same checkpoint - {run['date']}", fontsize=10)
+    dtype = run.get("default_dtype", "float32")  # bge-icl's default dtype on that CPU (FlagICLModel: float32)
+    ax.set_title(f"CPU, bge-icl {dtype}, same checkpoint - {run['date']}", fontsize=10)
     ax.legend(frameon=False)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,8 @@ class FlagICLModel(ICLEmbedder):
     """FlagEmbedding's query process pool: never started here."""
 
     def _setup(self, options: EmbedderOptions) -> None:
+        if options.dtype == "auto" and all(d == "cpu" for d in resolve_devices(options.devices)):
+            options = options.replace(dtype="float32")  # FlagEmbedding's meaning of its default on the CPU
         super()._setup(options)
         object.__setattr__(self, "_initial_examples", options.examples_for_task)
 

@@ -72,15 +72,47 @@ def resolve_devices(devices: DeviceSpec) -> list[str]:
     return out
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
-    """``"auto"`` is float16 on a GPU and float32 on the CPU; otherwise the named dtype.
+BF16_UNIT_CHECKS = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+"""torch's answers to "does this CPU have AMX tiles / AVX512-BF16" (``torch.cpu``), either one enough for bf16."""
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AMX-BF16 or AVX512-BF16), as torch reports it.
+
+    Sapphire Rapids and later Xeons (AMX), Cooper Lake Xeons and Zen 4/5 (AVX512-BF16) do; there torch's bf16
+    ``linear`` runs several times faster than float32. A torch without the checks answers False.
+    """
+    return any(getattr(torch.cpu, check, lambda: False)() for check in BF16_UNIT_CHECKS)
+
+
+def auto_dtype(device: str, cpu_bf16: bool | None = None) -> torch.dtype:
+    """What ``dtype="auto"`` means on ``device``: float16 on a GPU; on the CPU bfloat16 where it has bf16 units,
+    else float32. The one place that decides it.
+
+    Args:
+        device: A torch device string.
+        cpu_bf16: Whether the CPU has bf16 units; None asks :func:`cpu_has_bf16_units`, False keeps float32
+            (FlagEmbedding's meaning, which :class:`~bge_icl.FlagICLModel` keeps).
+
+    Example:
+        >>> auto_dtype("cpu", cpu_bf16=True), auto_dtype("cpu", cpu_bf16=False)
+        (torch.bfloat16, torch.float32)
+    """
+    if torch.device(device).type != "cpu":
+        return torch.float16
+    has_units = cpu_has_bf16_units() if cpu_bf16 is None else cpu_bf16
+    return torch.bfloat16 if has_units else torch.float32
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str, cpu_bf16: bool | None = None) -> torch.dtype:
+    """``"auto"`` is :func:`auto_dtype` (``cpu_bf16`` passed on); otherwise the named dtype.
 
     Raises:
         OptionValueError: An unknown dtype name or a non-floating torch dtype (:func:`~bge_icl.choices.check_dtype`).
     """
     name = check_dtype(dtype)
     if name == "auto":
-        return torch.float32 if torch.device(device).type == "cpu" else torch.float16
+        return auto_dtype(device, cpu_bf16)
     return DTYPES[name]
 
 
@@ -182,10 +214,12 @@ def load_replicas(
 ) -> list[LoadedModel]:
     """One :func:`load_model` per entry of ``devices`` (a device listed twice gets two replicas).
 
-    ``use_fp16=False`` / ``use_bf16=True`` (FlagEmbedding's flags) pick float32 / bfloat16 when ``dtype="auto"``.
+    ``use_fp16=False`` / ``use_bf16=True`` (FlagEmbedding's flags) pick float32 / bfloat16 (float32 on the CPU) when
+    ``dtype="auto"``, and ``use_fp16=True`` on the CPU float32 (FlagEmbedding's meaning of its flags); otherwise
+    ``"auto"`` is :func:`auto_dtype` (bfloat16 on a CPU with bf16 units).
     """
     devs = resolve_devices(devices)
-    if dtype == "auto" and (use_fp16 is False or use_bf16):
+    if dtype == "auto" and (use_fp16 is False or use_bf16 or (use_fp16 and devs[0] == "cpu")):
         dtype = "bfloat16" if use_bf16 and devs[0] != "cpu" else "float32"
     return [
         load_model(

@@ -174,7 +174,8 @@ class EmbedderOptions(BaseModel):
     """None = first CUDA GPU else CPU; ``0`` = ``cuda:0``; ``"cpu"``, ``"cuda:1"``; a list = one replica per
     entry, fed from one batch queue; ``"auto"`` = every visible GPU (the CPU when there is none)."""
     dtype: str = "auto"
-    """``"auto"`` (float16 on GPU, float32 on CPU), ``"float16"``, ``"bfloat16"``, ``"float32"``, or a torch.dtype."""
+    """``"auto"`` (float16 on GPU; on CPU bfloat16 where it has bf16 units, AMX-BF16 or AVX512-BF16, else float32;
+    :class:`~bge_icl.FlagICLModel`: float32 on CPU), ``"float16"``, ``"bfloat16"``, ``"float32"``, or a torch.dtype."""
     batch_size: int | None = None
     """Most texts per forward pass; None = 32 on CPU (larger batches run slower there), and on GPU as many as
     ``max_batch_tokens`` allows (it counts the prefix attention of cached queries: hundreds of short queries); > 0."""
@@ -203,7 +204,8 @@ class EmbedderOptions(BaseModel):
     revision: str | None = None
     """Model revision (branch, tag or commit), passed to ``from_pretrained``."""
     use_fp16: bool | None = None
-    """FlagEmbedding compatibility: False means float32. Used only when ``dtype="auto"``."""
+    """FlagEmbedding compatibility: False means float32; True float16 on GPU and, as in FlagEmbedding, float32 on the
+    CPU. Used only when ``dtype="auto"``."""
     use_bf16: bool | None = None
     """FlagEmbedding compatibility: True means bfloat16 on GPU. Used only when ``dtype="auto"``."""
     convert_to_numpy: bool = True

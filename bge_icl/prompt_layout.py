@@ -17,24 +17,36 @@ from bge_icl.options import EmbedderOptions, positive_int
 from bge_icl.prompts import ICLExample, build_prefix, fill_instructions, format_query
 from bge_icl.tokenization import PrefixSplit, PromptTokenizer, QueryPlan, Tokenized
 
-PROBES = ("a", "1")
-"""Two query texts whose prompts differ right after ``<query>``: their common token start is the cached prefix."""
+PROBES = ("a", "1", "The", ".", "\u00e9")
+"""Query texts whose prompts differ right where the query text begins (a letter, a digit, a capital, punctuation, a
+non-ASCII letter): the common token start of their prompts is the cached prefix."""
 
 
-def stable_prefix(a: Sequence[int], b: Sequence[int], special_ids: set[int]) -> list[int]:
-    """The ids every query starts with, from the token ids of two probe queries.
+def stable_prefix(probes: Sequence[Sequence[int]]) -> list[int]:
+    """The ids every query starts with: the common start of the probe queries' token ids.
 
-    Their common start, cut after its last special token (``<query>``) when it has one, else one
-    token short, so query text never merges into the cached part.
+    It ends where the query text begins (after ``<query>`` with an instruction, after the last example's response and
+    its blank line without one): a token the prefix's end would merge with query text differs between the probes, so
+    it is left out. A query whose ids do not start with these runs whole (:func:`~bge_icl.prefix_cache.starts_with`).
 
     Example:
-        >>> stable_prefix([1, 5, 9, 7, 2], [1, 5, 9, 8, 2], special_ids={9})
+        >>> stable_prefix([[1, 5, 9, 7, 2], [1, 5, 9, 8, 2], [1, 5, 9, 6, 4, 2]])
         [1, 5, 9]
     """
-    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-    common = list(a[:n])
-    last_special = max((i for i, t in enumerate(common) if t in special_ids), default=None)
-    return common[: last_special + 1] if last_special is not None else common[:-1]
+    first = probes[0]
+    n = next((i for i, t in enumerate(first) if any(len(p) <= i or p[i] != t for p in probes)), len(first))
+    return list(first[:n])
+
+
+def through_last_special(ids: Sequence[int], special_ids: set[int]) -> list[int]:
+    """``ids`` cut after their last special token ([] without one): where a prompt string can split for tokenizing.
+
+    Example:
+        >>> through_last_special([1, 5, 9, 7], special_ids={9})
+        [1, 5, 9]
+    """
+    last = max((i for i, t in enumerate(ids) if t in special_ids), default=-1)
+    return list(ids[: last + 1])
 
 
 def query_plan(tokenizer: PromptTokenizer, prefix: str, suffix: str, max_length: int, name: str) -> QueryPlan:
@@ -65,11 +77,11 @@ class PromptLayout:
         suffix: Appended after each query.
         max_length: ``query_max_length``.
         plan: The token budgets for ``max_length``.
-        cached_ids: The token ids every query starts with whose keys/values are cached (BOS ... ``<query>``);
-            None when queries run whole (``prefix_cache=False``, no prefix beyond BOS, or past the attention
-            window).
-        split: Where prompt strings split into the cached part (ids known) and the rest (tokenized per call);
-            None: every prompt is tokenized whole.
+        cached_ids: The token ids every query starts with whose keys/values are cached (BOS up to where the query
+            text begins: ``<query>``, or the blank line after the last example); None when queries run whole
+            (``prefix_cache=False``, no prefix beyond BOS, or past the attention window).
+        split: Where prompt strings split into a known start (its ids the cached ids' start, through their last
+            special token) and the rest (tokenized per call); None: every prompt is tokenized whole.
 
     The layout holds no state: the prefix KV of :attr:`cached_ids` live in the embedder's runner
     (:class:`~bge_icl.runner.Runner`).
@@ -100,12 +112,11 @@ class PromptLayout:
         cached: tuple[int, ...] | None = None
         split = None
         if o.prefix_cache:
-            a, b = tokenizer.queries(probes, plan).ids
-            special = set(tokenizer.tokenizer.all_special_ids) - set(tokenizer.head)
-            ids = stable_prefix(a, b, special)
+            ids = stable_prefix(tokenizer.queries(probes, plan).ids)
             if len(ids) > len(tokenizer.head) and (window is None or len(ids) < window):
                 cached = tuple(ids)
-                split = tokenizer.prefix_split(tokenizer.prompts(probes, plan)[0], cached)
+                special = set(tokenizer.tokenizer.all_special_ids) - set(tokenizer.head)
+                split = tokenizer.prefix_split(tokenizer.prompts(probes, plan)[0], through_last_special(ids, special))
         return cls(examples, prefix, o.query_instruction_for_retrieval, o.query_instruction_format, o.suffix,
                    o.query_max_length, plan, cached, split)  # fmt: skip
 

@@ -145,6 +145,44 @@ BGE_EN_ICL_CONFIG: dict[str, Any] = {
 }
 
 
+REAL_SHAPED_LAYERS = 2
+"""Layers of :func:`build_real_shaped_checkpoint` by default (bge-en-icl has 32): its figures are per layer."""
+
+
+def real_shaped_config(num_hidden_layers: int = REAL_SHAPED_LAYERS) -> dict[str, Any]:
+    """bge-en-icl's real widths (hidden 4096, MLP 14336, 32 / 8 heads, its vocabulary) with ``num_hidden_layers``."""
+    return {**BGE_EN_ICL_CONFIG, "num_hidden_layers": num_hidden_layers}
+
+
+def build_real_shaped_checkpoint(
+    directory: str | os.PathLike[str], *, num_hidden_layers: int = REAL_SHAPED_LAYERS, seed: int = 0
+) -> Path:
+    """A random-weight checkpoint of bge-en-icl's real layer shapes with few layers, for benchmarks (not tests: 2
+    layers hold 0.57 B parameters, 1.1 GB on disk in bfloat16).
+
+    The weights are saved in bfloat16 (``torch_dtype`` in its config), so every dtype loads the same values.
+
+    Args:
+        directory: Created if missing.
+        num_hidden_layers: How many of bge-en-icl's 32 layers.
+        seed: Seeds the weight initialization.
+
+    Returns:
+        The directory, loadable with ``ICLEmbedder(str(path))``.
+    """
+    import torch
+    from transformers import MistralModel
+
+    out = Path(directory)
+    build_tokenizer(out)
+    torch.manual_seed(seed)
+    model = MistralModel(mistral_config(**real_shaped_config(num_hidden_layers)))
+    torch.nn.Module.to(model, torch.bfloat16)  # in place; save_pretrained records the dtype
+    model.save_pretrained(out)
+    write_sentence_transformers_files(out, model.config.hidden_size)
+    return out
+
+
 def mistral_config(**overrides: Any) -> Any:
     """A ``MistralConfig`` for bge-en-icl's vocabulary; ``overrides`` set sizes (tiny by default)."""
     from transformers import MistralConfig

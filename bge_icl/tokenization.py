@@ -53,8 +53,9 @@ class PrefixSplit:
     """The start of every query prompt that the cached prefix ids cover, so only the rest is tokenized.
 
     Attributes:
-        text: That start of the prompt string; it ends with a special token (``<query>``).
-        content: Its token ids without the head (BOS): the cached ids minus BOS.
+        text: That start of the prompt string; it ends with a special token (``<query>``, or the last example's
+            ``<response>``).
+        content: Its token ids without the head (BOS): the start of the cached ids, minus BOS.
     """
 
     text: str

@@ -142,8 +142,9 @@ class EmbeddingService:
         self._embedders = embedders
         self.load_seconds = time.perf_counter() - start
         self._state = "ready"
-        log.info("ready: model ids %s, dimension %d, %s, loaded and prefixes built in %.1f s",
-                 ", ".join(embedders), base.dimension, base.device, self.load_seconds)  # fmt: skip
+        dtype = str(base.torch_dtype).removeprefix("torch.")
+        log.info("ready: model ids %s, dimension %d, %s, %s, loaded and prefixes built in %.1f s",
+                 ", ".join(embedders), base.dimension, base.device, dtype, self.load_seconds)  # fmt: skip
 
     def start_loading(self) -> threading.Thread:
         """:meth:`load` in a daemon thread (the server answers ``/health`` with 503 meanwhile)."""

@@ -27,8 +27,9 @@ CORPUS = [f"passage {i}: " + "words of some length " * (1 + i % 9) for i in rang
 @pytest.fixture(scope="module")
 def models(tiny_dir: Path) -> dict[str, ICLEmbedder]:
     """One loaded model, three embedders on it: two example sets and zero-shot."""
-    base = ICLEmbedder(str(tiny_dir), devices="cpu", on_truncation="ignore", query_instruction_for_retrieval=WEB,
-                       examples_for_task=NOTEBOOK_EXAMPLES, max_batch_tokens=16384)  # fmt: skip
+    base = ICLEmbedder(str(tiny_dir), devices="cpu", dtype="float32", on_truncation="ignore",
+                       query_instruction_for_retrieval=WEB, examples_for_task=NOTEBOOK_EXAMPLES,
+                       max_batch_tokens=16384)  # fmt: skip
     return {"two": base, "one": base.with_examples(NOTEBOOK_EXAMPLES[:1]), "zero": base.with_examples(None)}
 
 

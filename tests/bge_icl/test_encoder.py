@@ -28,7 +28,7 @@ def test_shapes_and_dtype(emb: ICLEmbedder) -> None:
 
 def test_vectors_are_unit_norm_unless_disabled(tiny_dir: Path, emb: ICLEmbedder) -> None:
     np.testing.assert_allclose(np.linalg.norm(emb.encode_corpus(PASSAGES), axis=1), 1.0, atol=1e-5)
-    raw = ICLEmbedder(str(tiny_dir), devices="cpu", normalize_embeddings=False, on_truncation="ignore")
+    raw = ICLEmbedder(str(tiny_dir), devices="cpu", dtype="float32", normalize_embeddings=False, on_truncation="ignore")
     vecs = raw.encode_corpus(PASSAGES)
     assert not np.allclose(np.linalg.norm(vecs, axis=1), 1.0)
     np.testing.assert_allclose(
@@ -49,6 +49,7 @@ def test_any_batch_composition_and_order_gives_same_vectors(
         examples_for_task=NOTEBOOK_EXAMPLES,
         query_instruction_for_retrieval=WEB,
         devices="cpu",
+        dtype="float32",
         batch_size=batch_size,
         max_batch_tokens=max_batch_tokens,
         on_truncation="ignore",
@@ -89,9 +90,10 @@ def test_with_examples_shares_the_model(emb: ICLEmbedder) -> None:
 
 
 def test_same_settings_share_weights_across_instances(tiny_dir: Path, emb: ICLEmbedder) -> None:
-    again = ICLEmbedder(str(tiny_dir), devices="cpu")
+    again = ICLEmbedder(str(tiny_dir), devices="cpu", dtype="float32")
     assert again.replicas[0] is emb.replicas[0]
-    assert ICLEmbedder(str(tiny_dir), devices="cpu", attn_implementation="eager").replicas[0] is not emb.replicas[0]
+    assert again.with_options(attn_implementation="eager").replicas[0] is not emb.replicas[0]
+    assert again.with_options(dtype="bfloat16").replicas[0] is not emb.replicas[0]
 
 
 def test_encode_never_moves_or_casts_the_model(emb: ICLEmbedder) -> None:
@@ -137,7 +139,7 @@ def test_oom_backoff_halves_budget_and_keeps_order(
 ) -> None:
     texts = [f"passage number {i} " * (1 + i % 7) for i in range(40)]
     expected = emb.encode_corpus(texts)
-    fresh = ICLEmbedder(str(tiny_dir), devices="cpu", batch_size=64, attn_implementation="eager")
+    fresh = ICLEmbedder(str(tiny_dir), devices="cpu", dtype="float32", batch_size=64, attn_implementation="eager")
     wrapper = _OOMAbove(fresh.replicas[0].model, limit=120)
     monkeypatch.setattr(fresh.replicas[0], "model", wrapper)
     got = fresh.encode_corpus(texts)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from bge_icl import EmbedderOptions, ICLEmbedder
+from bge_icl import EmbedderOptions, FlagICLModel, ICLEmbedder
 from bge_icl.inputs import as_text_list
-from bge_icl.loading import looks_like_a_path, resolve_devices, resolve_dtype
+from bge_icl.loading import auto_dtype, cpu_has_bf16_units, looks_like_a_path, resolve_devices, resolve_dtype
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,9 @@ def test_bad_devices(devices: object, error: type[Exception], message: str) -> N
 
 
 def test_dtypes() -> None:
-    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "cpu", cpu_bf16=False) == torch.float32
+    assert resolve_dtype("auto", "cpu", cpu_bf16=True) == torch.bfloat16
+    assert resolve_dtype("auto", "cpu") == auto_dtype("cpu")
     assert resolve_dtype("auto", "cuda:0") == torch.float16
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match=re.escape("dtype='int8' is not supported; valid: 'auto', 'float16'")):
@@ -61,8 +63,32 @@ def test_dtypes() -> None:
         resolve_dtype(torch.int64, "cpu")
 
 
+@pytest.mark.parametrize(("cpu_bf16", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_dtype_on_the_cpu_is_bf16_only_with_bf16_units(cpu_bf16: bool, expected: torch.dtype) -> None:
+    assert auto_dtype("cpu", cpu_bf16=cpu_bf16) == expected
+    assert auto_dtype("cuda:0", cpu_bf16=cpu_bf16) == torch.float16  # the CPU's units say nothing about a GPU
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="reads the CPU's flags from Linux's /proc/cpuinfo")
+def test_bf16_units_are_what_the_cpu_flags_say() -> None:
+    flags = set(re.findall(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)[0].split())
+    assert cpu_has_bf16_units() == bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def test_auto_dtype_is_reported_and_flag_model_keeps_float32_on_the_cpu(tiny_dir: Path) -> None:
+    emb = ICLEmbedder(str(tiny_dir), devices="cpu")
+    assert emb.options.dtype == "auto"
+    assert emb.torch_dtype == (torch.bfloat16 if cpu_has_bf16_units() else torch.float32)
+    assert f"dtype={emb.torch_dtype}" in repr(emb)
+    flag = FlagICLModel(str(tiny_dir), devices="cpu")  # FlagEmbedding's vectors: float32 on the CPU
+    assert flag.torch_dtype == torch.float32 and flag.options.dtype == "float32"
+    same = ICLEmbedder.from_options(flag.options)  # what an adapter wrapping it takes: the same weights
+    assert same.replicas[0].model is flag.replicas[0].model
+
+
 def test_flagembedding_use_fp16_false_means_float32(tiny_dir: Path) -> None:
     assert ICLEmbedder(str(tiny_dir), devices="cpu", use_fp16=False).torch_dtype == torch.float32
+    assert ICLEmbedder(str(tiny_dir), devices="cpu", use_fp16=True).torch_dtype == torch.float32  # FlagEmbedding's CPU
     assert ICLEmbedder(str(tiny_dir), devices="cpu", dtype="bfloat16").torch_dtype == torch.bfloat16
 
 

@@ -43,6 +43,7 @@ def test_parity_with_flagiclmodel(
         query_max_length=qmax,
         passage_max_length=pmax,
         devices="cpu",
+        dtype="float32",  # FlagEmbedding's vectors: float32 on the CPU (FlagICLModel's default, dtype="auto" here)
         on_truncation="ignore",
     )
     dq = float(np.abs(ours.encode_queries(QUERIES) - flag.encode_queries(QUERIES)).max())

@@ -7,17 +7,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
+from transformers import AutoTokenizer
 
 from bge_icl import ICLEmbedder
 from tests.bge_icl.cases import LONG_QUERY, NO_INSTRUCT_EXAMPLES, QUERIES, UNICODE, WEB
+from tests.bge_icl.flag_reference import _prefix
 from tests.conftest import NOTEBOOK_EXAMPLES
 
 LENGTHS = ["x", "summit define", "how much protein should a female eat", LONG_QUERY[:200], LONG_QUERY, *UNICODE, ""]
 
 
 def _pair(tiny_dir: Path, **kwargs: object) -> tuple[ICLEmbedder, ICLEmbedder]:
-    common = {"devices": "cpu", "on_truncation": "ignore", **kwargs}
+    common = {"devices": "cpu", "dtype": "float32", "on_truncation": "ignore", **kwargs}  # exact: within 1e-5
     return ICLEmbedder(str(tiny_dir), prefix_cache=True, **common), ICLEmbedder(  # type: ignore[arg-type]
         str(tiny_dir),
         prefix_cache=False,
@@ -56,6 +57,50 @@ def test_cached_prefix_ends_at_the_query_token(tiny_dir: Path) -> None:
     full_ids = cached.tokenize_queries(["summit define"]).ids[0]
     assert tuple(full_ids[: prefix.length]) == prefix.ids
     assert len(prefix.layers) == 2 and prefix.layers[0][0].shape[-2] == prefix.length
+
+
+# Query texts whose first characters could merge with the end of the prefix, if the prefix were cut too late.
+BOUNDARY = ["a", "1", "The", ".", "'s", "ing", " leading space", "\nnewline first", "\u2581x", "<query>x", *UNICODE, ""]
+EXAMPLES_FORMAT = "<instruct>{}\n<query>{}\n<response>{}"
+
+
+@pytest.mark.parametrize(
+    ("examples", "instruction", "template"),
+    [
+        (NOTEBOOK_EXAMPLES, WEB, "<instruct>{}\n<query>{}"),
+        (NO_INSTRUCT_EXAMPLES, WEB, "<instruct>{}\n<query>{}"),
+        (NOTEBOOK_EXAMPLES, None, "<instruct>{}\n<query>{}"),
+        (None, WEB, "<instruct>{}\n<query>{}"),
+        (NOTEBOOK_EXAMPLES, WEB, "{}\nQuery: {}"),
+    ],
+    ids=["instruction", "examples-without-instruct", "no-instruction", "zero-shot", "template-without-special-tokens"],
+)
+def test_cached_prefix_ends_where_the_query_text_begins(
+    tiny_dir: Path, examples: Any, instruction: str | None, template: str
+) -> None:
+    emb = ICLEmbedder(str(tiny_dir), devices="cpu", examples_for_task=examples,
+                      query_instruction_for_retrieval=instruction, query_instruction_format=template)  # fmt: skip
+    hf = AutoTokenizer.from_pretrained(str(tiny_dir))
+    P = emb.prefix_length
+    assert P is not None and emb.prefix_ids is not None
+
+    def round_trip(query: str) -> str:  # FlagEmbedding's decode round trip of the formatted query
+        text = query if instruction is None else template.format(instruction, query)
+        return str(hf.decode(hf(text, add_special_tokens=False)["input_ids"]))
+
+    before = _prefix(examples, EXAMPLES_FORMAT, instruction) + ("" if instruction is None else round_trip(""))
+    before_query = []  # per query: how many of its tokens lie wholly before the query text
+    for query in BOUNDARY:
+        # The reference: FlagEmbedding's prompt, tokenized whole; the query text starts at len(before).
+        prompt = _prefix(examples, EXAMPLES_FORMAT, instruction) + round_trip(query) + "\n<response>"
+        assert prompt.startswith(before), query
+        reference = hf(prompt, return_offsets_mapping=True)
+        assert emb.tokenize_queries([query]).ids[0] == reference["input_ids"], query  # the split changes no id
+        ends = [end for _, end in reference["offset_mapping"][:-1]]  # EOS (the last) has no text
+        before_query.append(sum(end <= len(before) for end in ends))
+    assert P == min(before_query)  # every token before the query text is cached (where no query text merges in)
+    emb.encode_queries(BOUNDARY)
+    assert (emb.stats.prefix_hits, emb.stats.prefix_misses) == (len(BOUNDARY), 0)
 
 
 def test_queries_that_do_not_start_with_the_prefix_fall_back(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,4 +156,4 @@ def test_cache_is_built_once_and_model_is_untouched(tiny_dir: Path) -> None:
     first = emb.prefix_kv[0]
     emb.encode_queries(["two", "three"])
     assert emb.prefix_kv[0] is first and emb.stats.prefix_builds == 1
-    assert first is not None and all(k.dtype == torch.float32 for k, _ in first.layers)
+    assert first is not None and all(k.dtype == emb.torch_dtype for k, _ in first.layers)

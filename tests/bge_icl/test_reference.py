@@ -40,6 +40,7 @@ def test_matches_flagembedding_transcription(
         query_max_length=qmax,
         passage_max_length=pmax,
         devices="cpu",
+        dtype="float32",  # the transcription runs the checkpoint in float32
         on_truncation="ignore",
     )
     ours_q, ours_p = emb.encode_queries(QUERIES), emb.encode_corpus(PASSAGES)

@@ -29,7 +29,8 @@ SPECIALS = ["<query>", "<instruct>", "<response>", "<s>", "</s>", "\n", " ", "\\
 @pytest.fixture(scope="module")
 def pair(tiny_dir: Path) -> tuple[ICLEmbedder, ICLEmbedder]:
     common: dict[str, Any] = {"examples_for_task": NOTEBOOK_EXAMPLES, "query_instruction_for_retrieval": WEB,
-                              "devices": "cpu", "on_truncation": "ignore", "show_progress": False}  # fmt: skip
+                              "devices": "cpu", "dtype": "float32", "on_truncation": "ignore",
+                              "show_progress": False}  # fmt: skip
     return ICLEmbedder(str(tiny_dir), **common), ICLEmbedder(str(tiny_dir), prefix_cache=False, **common)
 
 

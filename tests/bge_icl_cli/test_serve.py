@@ -83,7 +83,7 @@ def serving(*argv: object, env: dict[str, str] | None = None) -> Iterator[tuple[
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_signal_finishes_the_request_in_flight_then_exits_0(tiny_dir: Path, sig: signal.Signals) -> None:
     texts = [f"passage {i} about mountains and rivers " * 20 for i in range(150)]  # seconds of work on this model
-    with serving("--model", tiny_dir, *CPU, "--examples", "web-search") as (proc, url):
+    with serving("--model", tiny_dir, *CPU, "--dtype", "float32", "--examples", "web-search") as (proc, url):
         result: dict[str, httpx.Response] = {}
         call = threading.Thread(target=lambda: result.setdefault("r", httpx.post(
             f"{url}/v1/embeddings", json={"model": tiny_dir.name, "input": texts}, timeout=120)))  # fmt: skip
@@ -98,9 +98,11 @@ def test_signal_finishes_the_request_in_flight_then_exits_0(tiny_dir: Path, sig:
         log = proc.stderr.read()  # type: ignore[union-attr]
     response = result["r"]
     assert response.status_code == 200, response.text
-    expected = ICLEmbedder(str(tiny_dir), devices="cpu", show_progress=False).encode_corpus(texts)
+    local = ICLEmbedder(str(tiny_dir), devices="cpu", dtype="float32", show_progress=False)  # float32: within 1e-5
+    expected = local.encode_corpus(texts)
     got = [d["embedding"] for d in response.json()["data"]]
     assert len(got) == 150 and abs(expected - got).max() <= 1e-5
+    assert re.search(r"ready: model ids .*, dimension 64, cpu, float32, loaded", log)  # the resolved dtype
     assert re.search(rf"request \w+ POST /v1/embeddings model={tiny_dir.name} inputs=150 bytes=\d+ status=200", log)
     assert "Shutting down" in log and "mountains" not in log and "Traceback" not in log
 
@@ -108,7 +110,7 @@ def test_signal_finishes_the_request_in_flight_then_exits_0(tiny_dir: Path, sig:
 def test_api_key_from_the_environment_and_flags(tiny_dir: Path, tmp_path: Path) -> None:
     examples = tmp_path / "faq.json"
     examples.write_text(json.dumps([{"query": "q", "response": "r"}]))
-    with serving("--model", tiny_dir, *CPU, "--served-name", "plain", "--examples", f"faq={examples}",
+    with serving("--model", tiny_dir, *CPU, "--dtype", "float32", "--served-name", "plain", "--examples", f"faq={examples}",
                  "--instruction", "Find the FAQ entry.", "--max-inputs", "3", "--batch-size", "2", "--threads", "1",
                  env={**ENV, "BGE_ICL_API_KEY": "from-env"}) as (proc, url):  # fmt: skip
         assert httpx.get(f"{url}/v1/models").status_code == 401
@@ -119,7 +121,8 @@ def test_api_key_from_the_environment_and_flags(tiny_dir: Path, tmp_path: Path) 
         assert too_many.status_code == 413
         response = httpx.post(f"{url}/v1/embeddings", json={"model": "faq", "input": ["a q"], "input_type": "query"},
                               headers={"Authorization": "Bearer from-env"})  # fmt: skip
-        local = ICLEmbedder(str(tiny_dir), devices="cpu", examples_for_task=[{"query": "q", "response": "r"}],
+        local = ICLEmbedder(str(tiny_dir), devices="cpu", dtype="float32",
+                            examples_for_task=[{"query": "q", "response": "r"}],
                             query_instruction_for_retrieval="Find the FAQ entry.")  # fmt: skip
         assert abs(local.encode_queries(["a q"]) - response.json()["data"][0]["embedding"]).max() <= 1e-5
         proc.send_signal(signal.SIGTERM)

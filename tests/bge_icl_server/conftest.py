@@ -55,7 +55,7 @@ def config(tiny_dir: Path, qa_file: Path) -> ServerConfig:
         },
         instruction=ZERO_SHOT_INSTRUCTION,
         allow_dimensions=True,
-        options={"devices": "cpu"},
+        options={"devices": "cpu", "dtype": "float32"},  # the tests compare with local vectors within 1e-5
     )
 
 
@@ -69,7 +69,7 @@ def server(config: ServerConfig) -> Iterator[RunningServer]:
 def local(tiny_dir: Path) -> dict[str, ICLEmbedder]:
     """The local embedder of each model id, as a user would build it without the server."""
     web = json.loads(resources.files("bge_icl").joinpath("data/examples/web-search.json").read_text("utf-8"))
-    common = {"devices": "cpu", "show_progress": False}
+    common = {"devices": "cpu", "dtype": "float32", "show_progress": False}
     return {
         SERVED: ICLEmbedder(str(tiny_dir), query_instruction_for_retrieval=ZERO_SHOT_INSTRUCTION, **common),
         "web-search": ICLEmbedder(

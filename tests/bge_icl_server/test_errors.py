@@ -162,7 +162,7 @@ def test_too_many_inputs_is_a_413(server: RunningServer, local: dict[str, ICLEmb
 def small(tiny_dir: Path) -> Iterator[RunningServer]:
     """A server with small limits and an API key."""
     config = ServerConfig(model=str(tiny_dir), served_name=SERVED, api_key="s3cret-key", max_inputs=4,
-                          max_request_bytes=2000, options={"devices": "cpu"})  # fmt: skip
+                          max_request_bytes=2000, options={"devices": "cpu", "dtype": "float32"})  # fmt: skip
     with serve_in_thread(config) as running:
         yield running
 

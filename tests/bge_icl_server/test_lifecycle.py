@@ -22,7 +22,7 @@ from tests.bge_icl_server.test_errors import OK, check_error, still_answers
 
 
 def test_health_is_503_until_the_model_is_loaded(tiny_dir: Path, local: dict[str, ICLEmbedder]) -> None:
-    config = ServerConfig(model=str(tiny_dir), served_name=SERVED, options={"devices": "cpu"})
+    config = ServerConfig(model=str(tiny_dir), served_name=SERVED, options={"devices": "cpu", "dtype": "float32"})
     service = EmbeddingService(config)  # loaded below, by hand: the app does not load a service it was given
     with serve_in_thread(config, service=service, wait_ready=False) as running:
         response = httpx.get(f"{running.url}/health")
@@ -39,7 +39,7 @@ def test_health_is_503_until_the_model_is_loaded(tiny_dir: Path, local: dict[str
 
 def test_a_failed_load_is_reported(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    config = ServerConfig(model=str(tmp_path / "empty"), options={"devices": "cpu"})
+    config = ServerConfig(model=str(tmp_path / "empty"), options={"devices": "cpu", "dtype": "float32"})
     with pytest.raises(RuntimeError, match="failed to load") as raised:
         with serve_in_thread(config):
             pass
@@ -57,7 +57,8 @@ def test_a_failed_load_is_reported(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def queue_server(tiny_dir: Path) -> Iterator[RunningServer]:
-    config = ServerConfig(model=str(tiny_dir), served_name=SERVED, max_queue_rows=6, options={"devices": "cpu"})
+    config = ServerConfig(model=str(tiny_dir), served_name=SERVED, max_queue_rows=6,
+                          options={"devices": "cpu", "dtype": "float32"})
     with serve_in_thread(config) as running:
         yield running
 
@@ -112,7 +113,7 @@ def test_a_client_that_goes_away_frees_its_rows(queue_server: RunningServer, loc
 
 def test_a_forward_pass_that_keeps_failing_makes_the_server_unhealthy(tiny_dir: Path, tmp_path: Path) -> None:
     model = shutil.copytree(tiny_dir, tmp_path / "copy")  # its own weights: breaking them leaves the others alone
-    config = ServerConfig(model=str(model), served_name=SERVED, options={"devices": "cpu"})
+    config = ServerConfig(model=str(model), served_name=SERVED, options={"devices": "cpu", "dtype": "float32"})
     with serve_in_thread(config) as running:
         layer = running.service.embedder(SERVED, "passages").replicas[0].model.layers[0].mlp.up_proj
         weight = layer.weight
@@ -128,7 +129,7 @@ def test_a_forward_pass_that_keeps_failing_makes_the_server_unhealthy(tiny_dir: 
             assert (health.status_code, health.json()) == (503, {"status": "unhealthy"})
         finally:
             layer.weight = weight
-        expected = ICLEmbedder(str(model), devices="cpu", show_progress=False).encode_corpus(PASSAGES)
+        expected = ICLEmbedder(str(model), devices="cpu", dtype="float32", show_progress=False).encode_corpus(PASSAGES)
         response = httpx.post(f"{running.api_url}/embeddings", json=OK)
         assert max_diff([d["embedding"] for d in response.json()["data"]], expected) <= 1e-5
         assert httpx.get(f"{running.url}/health").status_code == 200  # a success resets the count

@@ -28,6 +28,7 @@ def core(tiny_path: str) -> ICLEmbedder:
     return ICLEmbedder(
         tiny_path,
         devices="cpu",
+        dtype="float32",  # the adapter tests compare vectors within float32's tolerances
         examples_for_task=NOTEBOOK_EXAMPLES,
         query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION,
     )
@@ -41,6 +42,7 @@ def embeddings(tiny_path: str) -> BgeIclEmbeddings:
     return BgeIclEmbeddings(
         model=tiny_path,
         devices="cpu",
+        dtype="float32",
         examples_for_task=NOTEBOOK_EXAMPLES,
         query_instruction_for_retrieval=WEB_SEARCH_INSTRUCTION,
     )

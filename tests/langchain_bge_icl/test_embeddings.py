@@ -77,10 +77,11 @@ def test_query_and_document_vectors_differ_when_examples_are_set(embeddings: Bge
 
 def test_instances_with_the_same_model_share_weights(embeddings: BgeIclEmbeddings, tiny_path: str) -> None:
     zero_shot = BgeIclEmbeddings(model=tiny_path, devices="cpu", dtype="float32")
-    other_task = BgeIclEmbeddings(model_name=tiny_path, devices="cpu", examples_for_task=OTHER_EXAMPLES)  # type: ignore[call-arg]
+    other_task = BgeIclEmbeddings(model_name=tiny_path, devices="cpu", dtype="float32",  # type: ignore[call-arg]
+                                  examples_for_task=OTHER_EXAMPLES)  # fmt: skip
     assert zero_shot.embedder.replicas[0] is embeddings.embedder.replicas[0]
     assert other_task.embedder.replicas[0] is embeddings.embedder.replicas[0]
-    eager = BgeIclEmbeddings(model=tiny_path, devices="cpu", attn_implementation="eager")
+    eager = BgeIclEmbeddings(model=tiny_path, devices="cpu", dtype="float32", attn_implementation="eager")
     assert eager.embedder.replicas[0] is not embeddings.embedder.replicas[0]
 
 

@@ -30,6 +30,7 @@ def options(tiny_dir: Path) -> dict[str, Any]:
         "examples_for_task": NOTEBOOK_EXAMPLES,
         "query_instruction_for_retrieval": WEB_SEARCH_INSTRUCTION,
         "devices": "cpu",
+        "dtype": "float32",  # the adapter tests compare vectors within float32's tolerances
         "on_truncation": "ignore",
     }
 

@@ -81,7 +81,7 @@ def cluster(tiny_dir: Path) -> Iterator[str]:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = build_app(str(tiny_dir), served_name=SERVED, num_replicas=2, examples={"web-search": "web-search"},
-                        api_key=KEY, max_inputs=64, num_cpus=0.5, devices="cpu",
+                        api_key=KEY, max_inputs=64, num_cpus=0.5, devices="cpu", dtype="float32",
                         deployment_options={"health_check_period_s": 2})  # fmt: skip
         serve.run(app, name=APP, route_prefix="/")
         yield f"http://127.0.0.1:{port}"
@@ -98,7 +98,7 @@ def local(tiny_dir: Path) -> dict[str, ICLEmbedder]:
 
     web = load_example_set("web-search")
     assert web.instruction == WEB_SEARCH_INSTRUCTION
-    base = ICLEmbedder(str(tiny_dir), devices="cpu", show_progress=False)
+    base = ICLEmbedder(str(tiny_dir), devices="cpu", dtype="float32", show_progress=False)  # compared within 1e-5
     return {SERVED: base, "web-search": base.with_examples(web.examples).with_options(
         query_instruction_for_retrieval=web.instruction)}  # fmt: skip
 
@@ -221,7 +221,7 @@ def test_replica_health_follows_the_service(tiny_dir: Path, tmp_path: Path) -> N
     from bge_icl_server import EmbeddingService, create_app
 
     model = shutil.copytree(tiny_dir, tmp_path / "copy")  # its own weights: breaking them leaves the others alone
-    config = ServerConfig(model=str(model), served_name=SERVED, options={"devices": "cpu"})
+    config = ServerConfig(model=str(model), served_name=SERVED, options={"devices": "cpu", "dtype": "float32"})
     service = EmbeddingService(config)
     with pytest.raises(RuntimeError, match=re.escape(f"the model {model} is new")):
         replica_health(create_app(config, service))
@@ -279,8 +279,8 @@ def ray_command(*argv: object, mark: str) -> Iterator[subprocess.Popen[str]]:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "BGE_ICL_RAY_TEST_MARK": mark,
            "RAY_raylet_start_wait_time_s": "120"}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "bge_icl_cli", "serve", "--ray", "--devices", "cpu",
-                             *map(str, argv)], env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "bge_icl_cli", "serve", "--ray", "--devices", "cpu", "--dtype",
+                             "float32", *map(str, argv)], env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         yield proc
     finally:
