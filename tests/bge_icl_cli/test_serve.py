@@ -110,8 +110,9 @@ def test_signal_finishes_the_request_in_flight_then_exits_0(tiny_dir: Path, sig:
 def test_api_key_from_the_environment_and_flags(tiny_dir: Path, tmp_path: Path) -> None:
     examples = tmp_path / "faq.json"
     examples.write_text(json.dumps([{"query": "q", "response": "r"}]))
-    with serving("--model", tiny_dir, *CPU, "--dtype", "float32", "--served-name", "plain", "--examples", f"faq={examples}",
-                 "--instruction", "Find the FAQ entry.", "--max-inputs", "3", "--batch-size", "2", "--threads", "1",
+    with serving("--model", tiny_dir, *CPU, "--dtype", "float32", "--served-name", "plain",
+                 "--examples", f"faq={examples}", "--instruction", "Find the FAQ entry.", "--max-inputs", "3",
+                 "--batch-size", "2", "--threads", "1",
                  env={**ENV, "BGE_ICL_API_KEY": "from-env"}) as (proc, url):  # fmt: skip
         assert httpx.get(f"{url}/v1/models").status_code == 401
         listing = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer from-env"}).json()
