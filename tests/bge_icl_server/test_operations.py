@@ -97,7 +97,8 @@ def test_cors_is_opt_in(server: RunningServer, cors: RunningServer) -> None:
 @pytest.fixture(scope="module")
 def plain(tiny_dir: Path) -> Iterator[RunningServer]:
     """A server with the defaults (``dimensions`` below the model's not allowed)."""
-    with serve_in_thread(ServerConfig(model=str(tiny_dir), served_name=SERVED, options={"devices": "cpu"})) as running:
+    options = {"devices": "cpu", "dtype": "float32"}  # compared with local float32 vectors within 1e-5
+    with serve_in_thread(ServerConfig(model=str(tiny_dir), served_name=SERVED, options=options)) as running:
         yield running
 
 

@@ -98,7 +98,7 @@ def test_options_and_errors(fields: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match=re.escape("valid: ('sdpa', 'eager', 'flash_attention_2')")):
         BgeIclEmbedding(**fields, attn_implementation="flash")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"dtype='int8' is not supported; valid: 'auto'"):
-        BgeIclEmbedding(**fields, dtype="int8")
+        BgeIclEmbedding(**{**fields, "dtype": "int8"})
     with pytest.raises(TypeError, match=re.escape("from_embedder() takes a bge_icl.ICLEmbedder, got dict")):
         BgeIclEmbedding.from_embedder(fields)  # type: ignore[arg-type]
 
