@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from bge_icl.errors import FieldsPickle, in_context
+from bge_icl.optional import optional_import
 from bge_icl.prompts import validate_examples
 
 if TYPE_CHECKING:
@@ -296,12 +297,7 @@ def _mrr(qrels: Qrels, run: Mapping[str, Mapping[str, float]], k_values: Sequenc
 
 
 def _pytrec_eval() -> Any:
-    try:
-        import pytrec_eval
-    except ImportError as e:
-        msg = "retrieval metrics need pytrec_eval (trec_eval's measures): pip install 'bge-icl[eval]'"
-        raise ImportError(msg) from e
-    return pytrec_eval
+    return optional_import("pytrec_eval", extra="eval", needed_by="retrieval metrics (trec_eval's measures)")
 
 
 def _evaluate(

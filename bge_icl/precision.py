@@ -25,9 +25,10 @@ import numpy as np
 
 from bge_icl.choices import PRECISIONS, Precision, check_precision
 from bge_icl.errors import OptionValueError
+from bge_icl.optional import optional_import
 
 __all__ = ["PRECISIONS", "Precision", "apply_precision", "calibration_ranges", "check_precision", "quantize"]
-EXTRA_HINT = "pip install 'bge-icl[sentence-transformers]'"
+EXTRA = "sentence-transformers"
 
 
 def calibration_ranges(vectors: np.ndarray) -> np.ndarray:
@@ -58,13 +59,11 @@ def calibration_ranges(vectors: np.ndarray) -> np.ndarray:
 
 
 def _quantize_embeddings() -> Any:
-    for module in ("sentence_transformers.util.quantization", "sentence_transformers.quantization"):  # 6.x, 5.x
-        try:
-            return importlib.import_module(module).quantize_embeddings
-        except ImportError:
-            continue
-    msg = f"precision other than 'float32' uses sentence-transformers' quantize_embeddings; install it: {EXTRA_HINT}"
-    raise ImportError(msg)
+    try:  # sentence-transformers 6.x
+        return importlib.import_module("sentence_transformers.util.quantization").quantize_embeddings
+    except ImportError:  # 5.x, else the error that names the extra
+        needed_by = "precision other than 'float32' (sentence-transformers' quantize_embeddings)"
+        return optional_import("sentence_transformers.quantization", EXTRA, needed_by).quantize_embeddings
 
 
 def require_quantizer() -> None:

@@ -16,7 +16,6 @@ Needs the ``testing`` extra: ``pip install 'bge-icl[testing]'``.
 
 from __future__ import annotations
 
-import importlib
 import importlib.resources
 import json
 import os
@@ -24,28 +23,22 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bge_icl.optional import optional_import
+
 SPECIAL_TOKENS = {0: "<unk>", 1: "<s>", 2: "</s>", 32000: "<instruct>", 32001: "<query>", 32002: "<response>"}
 ICL_TOKENS = ("<instruct>", "<query>", "<response>")
 VOCAB_SIZE = 32003
 
 
-def _require(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        msg = f"bge_icl.testing needs {module!r}; install it with: pip install 'bge-icl[testing]'"
-        raise ImportError(msg) from e
-
-
 def sentencepiece_model_path() -> Path:
     """Path of ``tokenizer.model.v1`` (Mistral-7B v0.1 sentencepiece) inside ``mistral-common``."""
-    _require("mistral_common")
+    optional_import("mistral_common", "testing", "bge_icl.testing")
     return Path(str(importlib.resources.files("mistral_common") / "data" / "tokenizer.model.v1"))
 
 
 def _backend_tokenizer_json(add_eos_token: bool) -> str:
-    spm = _require("sentencepiece")
-    tk = _require("tokenizers")
+    spm = optional_import("sentencepiece", "testing", "bge_icl.testing")
+    tk = optional_import("tokenizers", "testing", "bge_icl.testing")
     sp = spm.SentencePieceProcessor(model_file=str(sentencepiece_model_path()))
     vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
     # Merges as transformers 4.x's SentencePieceExtractor orders them: by the merged piece's score.

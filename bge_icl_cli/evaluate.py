@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bge_icl.prompts import WEB_SEARCH_INSTRUCTION
-from bge_icl_cli.common import batching_options, load_embedder, load_examples, model_options
+from bge_icl_cli.common import batching_options, load_embedder, load_examples, model_options, require
 from bge_icl_cli.diagnostics import FLAGS, report_warnings
 from bge_icl_cli.errors import CliError
 from bge_icl_cli.files import jsonl_records, read_text, split_lines
@@ -193,10 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     queries = read_beir_jsonl(queries_path, titles=False)
     corpus = read_beir_jsonl(corpus_path, titles=True)
     qrels = read_qrels(qrels_path, queries, corpus)
-    try:
-        import pytrec_eval  # noqa: F401
-    except ImportError as e:
-        raise CliError("bge-icl evaluate needs pytrec_eval: pip install 'bge-icl[eval]'") from e
+    require("pytrec_eval", "bge-icl evaluate", "eval")
     from bge_icl.evaluation import compare_example_sets
 
     judged = [q for q in queries if qrels.get(q)]  # read_qrels checked every id; the core checks its own rules

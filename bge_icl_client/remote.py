@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from bge_icl.kinds import Kind
+from bge_icl.optional import optional_import
 from bge_icl.options import EmbedderOptions
 
 _INPUT_TYPE = {"queries": "query", "passages": "passage"}
@@ -182,12 +183,7 @@ class RemoteEmbedder:
 
 
 def _httpx() -> Any:
-    try:
-        import httpx
-    except ImportError as e:
-        msg = "an endpoint needs httpx; install it with: pip install 'bge-icl[client]'"
-        raise ImportError(msg) from e
-    return httpx
+    return optional_import("httpx", extra="client", needed_by="an endpoint")
 
 
 def _retry_after(response: Any, attempt: int, retries: int) -> float | None:

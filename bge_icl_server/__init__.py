@@ -8,13 +8,14 @@ Example:
 
 from __future__ import annotations
 
+from bge_icl.optional import missing_extra
+
 try:
     import fastapi  # noqa: F401
     import prometheus_client  # noqa: F401
     import uvicorn  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised only without the extra
-    msg = "bge_icl_server needs FastAPI, uvicorn and prometheus-client; install them with: pip install 'bge-icl[serve]'"
-    raise ImportError(msg) from e
+    raise missing_extra(e.name or "fastapi", "serve", "bge_icl_server", e) from e
 
 from bge_icl_server.app import create_app
 from bge_icl_server.background import RunningServer, serve_in_thread

@@ -9,14 +9,12 @@ Example:
 
 from __future__ import annotations
 
+from bge_icl.optional import missing_extra
+
 try:
     import langchain_core  # noqa: F401
 except ImportError as e:
-    msg = (
-        f"langchain_bge_icl needs langchain-core, which could not be imported ({e}); "
-        "install it with: pip install 'bge-icl[langchain]'"
-    )
-    raise ImportError(msg) from e
+    raise missing_extra("langchain_core", "langchain", "langchain_bge_icl", e) from e
 
 from langchain_bge_icl.cache import cache_backed_embeddings, cache_namespaces
 from langchain_bge_icl.embeddings import BgeIclEmbeddings

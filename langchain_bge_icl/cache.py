@@ -19,15 +19,13 @@ import numpy as np
 
 from bge_icl import ICLEmbedder
 from bge_icl.inputs import as_one_text, as_text_batch
+from bge_icl.optional import missing_extra
 
 if TYPE_CHECKING:
     from langchain_classic.embeddings import CacheBackedEmbeddings
     from langchain_classic.storage.encoder_backed import EncoderBackedStore
     from langchain_core.embeddings import Embeddings
     from langchain_core.stores import ByteStore
-
-INSTALL_HINT = "pip install 'bge-icl[langchain-cache]'"
-
 
 
 def cache_namespaces(embedder: ICLEmbedder) -> tuple[str, str]:
@@ -62,8 +60,7 @@ def _classic() -> tuple[type[CacheBackedEmbeddings], type[EncoderBackedStore[str
         from langchain_classic.embeddings import CacheBackedEmbeddings
         from langchain_classic.storage.encoder_backed import EncoderBackedStore
     except ImportError as e:
-        msg = f"the bge-icl cache builds on langchain-classic's CacheBackedEmbeddings ({e}); install: {INSTALL_HINT}"
-        raise ImportError(msg) from e
+        raise missing_extra("langchain_classic", "langchain-cache", "the bge-icl cache", e) from e
     return CacheBackedEmbeddings, EncoderBackedStore
 
 

@@ -8,14 +8,12 @@ Example:
 
 from __future__ import annotations
 
+from bge_icl.optional import missing_extra
+
 try:
     import llama_index.core  # noqa: F401
 except ImportError as e:
-    msg = (
-        f"llamaindex_bge_icl needs llama-index-core, which could not be imported ({e}); "
-        "install it with: pip install 'bge-icl[llamaindex]'"
-    )
-    raise ImportError(msg) from e
+    raise missing_extra("llama_index.core", "llamaindex", "llamaindex_bge_icl", e) from e
 
 from llamaindex_bge_icl.embeddings import QUERY_CACHE_COLLECTION, BgeIclEmbedding
 

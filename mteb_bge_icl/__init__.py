@@ -15,13 +15,12 @@ Example:
 
 from __future__ import annotations
 
+from bge_icl.optional import missing_extra
+
 try:
     import mteb  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised only without mteb
-    msg = (
-        f"mteb_bge_icl needs MTEB 2.x, which could not be imported ({e}); install it with: pip install 'bge-icl[mteb]'"
-    )
-    raise ImportError(msg) from e
+    raise missing_extra("mteb", "mteb", "mteb_bge_icl (MTEB 2.x)", e) from e
 
 from mteb_bge_icl.model import TASK_KEYS, BgeIclMtebModel, evaluate, load_task_prompts, run_task_names
 

@@ -18,13 +18,13 @@ import numpy as np
 
 from bge_icl.encoder import ICLEmbedder
 from bge_icl.kinds import kind_of
+from bge_icl.optional import missing_extra
 from bge_icl.options import EmbedderOptions
 
 try:
     import ray.data
 except ImportError as e:  # pragma: no cover - exercised only without ray
-    msg = "ray_bge_icl needs Ray Data; install it with: pip install 'bge-icl[ray]'"
-    raise ImportError(msg) from e
+    raise missing_extra("ray.data", "ray", "ray_bge_icl", e) from e
 
 
 class _EmbedBatch:

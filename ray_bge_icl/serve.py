@@ -24,6 +24,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from bge_icl.optional import missing_extra
 from bge_icl.quickstart import DEFAULT_MODEL
 from bge_icl_server import EmbeddingService, ServerConfig, create_app, load_example_set
 from bge_icl_server.shutdown import send_error, shutting_down
@@ -32,8 +33,7 @@ try:
     import ray
     from ray import serve
 except ImportError as e:  # pragma: no cover - exercised only without ray
-    msg = "ray_bge_icl.serve needs Ray Serve; install it with: pip install 'bge-icl[ray,serve]'"
-    raise ImportError(msg) from e
+    raise missing_extra("ray.serve", "ray,serve", "ray_bge_icl.serve", e) from e
 
 DEPLOYMENT_NAME = "BgeIclEmbeddings"
 # Ray's default (5) would leave each replica's batcher few requests to merge.

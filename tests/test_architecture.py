@@ -21,10 +21,13 @@ ABOVE_THE_CORE = ("langchain", "llama_index", "ray", "bge_icl_cli", "langchain_b
 # An optional library the core may import, lazily, in this one module only (the extra's single entry point):
 # quantize_embeddings, for precision="int8" etc. The SentenceTransformer interop itself imports nothing.
 OPTIONAL_IN_THE_CORE = {"sentence_transformers": "precision.py"}
+# Calls whose first argument, a constant string, names a module they import.
+IMPORTING_CALLS = ("import_module", "__import__", "find_spec", "optional_import")
 
 
 def _imports(path: Path) -> set[str]:
-    """Every module ``path`` imports: import statements at any depth, and ``importlib.import_module("x")`` calls."""
+    """Every module ``path`` imports: import statements at any depth, and ``importlib.import_module("x")`` /
+    ``optional_import("x", ...)`` calls."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -33,7 +36,7 @@ def _imports(path: Path) -> set[str]:
             found.add(node.module)
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             func = ast.unparse(node.func)
-            if func.endswith(("import_module", "__import__", "find_spec")) and isinstance(node.args[0].value, str):
+            if func.endswith(IMPORTING_CALLS) and isinstance(node.args[0].value, str):
                 found.add(node.args[0].value)
     return found
 
@@ -55,15 +58,36 @@ def _code_lines(source: str, first: int = 1, last: int | None = None) -> int:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "bge_icl").rglob("*.py")), ids=lambda p: p.name)
 def test_the_core_imports_no_framework_and_no_adapter(path: Path) -> None:
-    top = {m: m.split(".")[0] for m in _imports(path)}
-    bad = sorted(m for m, t in top.items() if t in ABOVE_THE_CORE and OPTIONAL_IN_THE_CORE.get(t) != path.name)
+    bad = _above_the_core(path)
     assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def _above_the_core(path: Path) -> list[str]:
+    """What core module ``path`` imports from above the core (bar its one allowed optional library)."""
+    top = {m: m.split(".")[0] for m in _imports(path)}
+    return sorted(m for m, t in top.items() if t in ABOVE_THE_CORE and OPTIONAL_IN_THE_CORE.get(t) != path.name)
 
 
 def test_the_import_checker_sees_lazy_imports(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    import langchain_core\n    importlib.import_module('llama_index.core')\n")
-    assert _imports(probe) == {"langchain_core", "llama_index.core"}
+    probe.write_text(
+        "def f():\n    import langchain_core\n    importlib.import_module('llama_index.core')\n"
+        "    optional_import('ray.data', 'ray', 'f')\n"
+    )
+    assert _imports(probe) == {"langchain_core", "llama_index.core", "ray.data"}
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "bad"),
+    [("evaluation.py", "httpx", ["httpx"]), ("evaluation.py", "sentence_transformers.quantization",
+     ["sentence_transformers.quantization"]), ("precision.py", "sentence_transformers.quantization", [])],
+)  # fmt: skip
+def test_optional_import_of_a_framework_counts_outside_its_one_module(
+    tmp_path: Path, name: str, module: str, bad: list[str]
+) -> None:
+    probe = tmp_path / name
+    probe.write_text(f"def f():\n    return optional_import({module!r}, 'extra', 'f')\n")
+    assert _above_the_core(probe) == bad
 
 
 @pytest.mark.parametrize(

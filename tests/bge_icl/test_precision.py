@@ -100,7 +100,7 @@ def test_without_sentence_transformers_float32_works_and_int8_names_the_extra(
     for name in [m for m in sys.modules if m.split(".")[0] == "sentence_transformers"] + ["sentence_transformers"]:
         monkeypatch.setitem(sys.modules, name, None)  # import sentence_transformers now raises ImportError
     assert emb.encode_corpus(PASSAGES, precision="float32").dtype == np.float32
-    with pytest.raises(ImportError, match=r"install it: pip install 'bge-icl\[sentence-transformers\]'"):
+    with pytest.raises(ImportError, match=r"install it with: pip install 'bge-icl\[sentence-transformers\]'"):
         emb.encode_corpus(PASSAGES, precision="binary")
     with pytest.raises(ImportError, match=r"bge-icl\[sentence-transformers\]"):
         quantize(np.ones((2, 8), dtype=np.float32), "int8")
