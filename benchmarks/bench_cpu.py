@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import random
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
+from report import machine
 from roofline import CACHE, best_of, config_of, fraction, linear_seconds, peak_flops, per_7b, real_shaped_checkpoint
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
@@ -159,7 +159,7 @@ def record(path: Path, runs: list[dict[str, Any]], ctx: dict[str, Any], agree: d
     run = {
         "benchmark": "cpu",
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+        "machine": machine(),
         "software": f"torch {torch.__version__}, transformers {transformers.__version__}",
         "command": "python " + " ".join(sys.argv),
         "checkpoint": f"real-shaped, {ctx['config']['num_hidden_layers']} layers",

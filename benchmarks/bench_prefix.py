@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-import transformers
+from report import run_header
 from roofline import CACHE, config_of, fraction, peak_flops, real_shaped_checkpoint
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
@@ -153,9 +151,7 @@ def main() -> None:
     qs = queries(args.queries)
     path = real_shaped_checkpoint(args.checkpoint)
     results: dict[str, object] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
-        "software": f"torch {torch.__version__}, transformers {transformers.__version__}",
+        **run_header(),
         "checkpoint": "real-shaped, 2 layers",
         "dtype": str(embedder(path, 0).torch_dtype).removeprefix("torch."),
     }

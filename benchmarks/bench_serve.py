@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -34,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import transformers
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
 from bge_icl.quickstart import EXAMPLES
@@ -43,6 +38,7 @@ from bge_icl.quickstart import EXAMPLES
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu import WORDS  # the same vocabulary as the CPU benchmark
 from bench_prefix import checkpoint  # the same medium checkpoint
+from report import report, run_header
 
 
 def texts(n: int, low: int, high: int, seed: int) -> list[str]:
@@ -162,11 +158,7 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=2000)
     parser.add_argument("--record", type=Path, help="append the figures as one JSON line to this file")
     args = parser.parse_args()
-    results: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
-        "software": f"torch {torch.__version__}, transformers {transformers.__version__}",
-    }
+    results: dict[str, Any] = run_header()
     with tempfile.TemporaryDirectory() as tmp:
         path = checkpoint(Path(tmp))
         emb = ICLEmbedder(path, devices="cpu", show_progress=False, on_truncation="ignore",  # the default dtype
@@ -180,10 +172,7 @@ def main() -> None:
         results["throughput_64_single_query_calls"] = throughput(emb, queries, args.repeats)
         results["latency_behind_a_corpus_call"] = latency(emb, corpus_emb, texts(40, 3, 14, seed=2),
                                                           texts(args.passages, 20, 300, seed=1))  # fmt: skip
-    print(json.dumps(results, indent=2))
-    if args.record:
-        with args.record.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(results) + "\n")
+    report(results, args.record)
 
 
 if __name__ == "__main__":

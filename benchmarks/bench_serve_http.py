@@ -294,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+    from report import append_record
 
     from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
     from bge_icl_server.config import load_example_set
@@ -332,8 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run["infinity"] = f"not run: {binary} not found"
         print(run["infinity"])
     if args.record:
-        with open(args.record, "a", encoding="utf-8") as f:
-            f.write(json.dumps(run) + "\n")
+        append_record(args.record, run)
     return 0 if run["bge_icl"]["failed"] == 0 and run["bge_icl"]["wrong_vectors"] == 0 else 1
 
 

@@ -17,9 +17,6 @@ queries (3-8 words) through the query path with the model card's two examples. P
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import statistics
 import tempfile
@@ -28,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from report import report, run_header
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
 from bge_icl.quickstart import DOCUMENTS, EXAMPLES, QUERIES
@@ -137,17 +134,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--record", type=Path, help="append the figures to this JSON-lines file")
     args = parser.parse_args()
-    results: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
-        "passages": args.passages,
-        "queries": args.queries,
-    }
+    results: dict[str, Any] = {**run_header(), "passages": args.passages, "queries": args.queries}
     with tempfile.TemporaryDirectory() as tmp:
         docs, queries, results["passages_per_s"] = embed(checkpoint(Path(tmp)), texts(args.passages, 6, 14, 0),
                                                          texts(args.queries, 3, 8, 1))  # fmt: skip
         server = pgserver.get_server(Path(tmp) / "pgdata", cleanup_mode="delete")
-        results["software"] = server.psql("SELECT version()").splitlines()[2].strip().split(" on ")[0]
+        results["software"] += ", " + server.psql("SELECT version()").splitlines()[2].strip().split(" on ")[0]
         with psycopg.connect(server.get_uri(), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             register_vector(conn)
@@ -157,10 +149,7 @@ def main() -> None:
             results.update(measure(conn, docs, queries))
         server.cleanup()
     results["passages_per_s"] = round(results["passages_per_s"], 1)
-    print(json.dumps(results, indent=2))
-    if args.record:
-        with args.record.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(results) + "\n")
+    report(results, args.record)
 
 
 if __name__ == "__main__":
