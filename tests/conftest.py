@@ -13,6 +13,22 @@ from bge_icl.testing import build_checkpoint
 NOTEBOOK_EXAMPLES = EXAMPLES
 NOTEBOOK_QUERIES = QUERIES
 NOTEBOOK_DOCUMENTS = DOCUMENTS
+# A small corpus to rank (near misses for each notebook query: protein, summit, interface, back pain) and its queries,
+# for the tests that compare a retriever or a vector store with brute force.
+SEARCH_CORPUS = [
+    *NOTEBOOK_DOCUMENTS,
+    "Protein needs rise during pregnancy and for endurance athletes training for a marathon.",
+    "A summit is the highest point of a hill or mountain.",
+    "The G7 summit brought together the leaders of seven industrialized nations.",
+    "Virtual network interfaces let containers share one physical network card.",
+    "Lower back pain is often caused by muscle strain or poor posture.",
+    "Eggs, lentils, chicken and tofu are good sources of dietary protein.",
+    "Mount Everest's summit is 8,849 metres above sea level.",
+    "Osteoporosis weakens bones and can cause back pain in older women.",
+    "A MAC address identifies a network interface on a local network.",
+    "Climbers reached the summit at dawn after a twelve-hour ascent.",
+]
+SEARCH_QUERIES = [*NOTEBOOK_QUERIES, "what causes back pain", "network interface card"]
 
 
 @pytest.fixture(scope="session")

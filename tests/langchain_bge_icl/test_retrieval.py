@@ -17,24 +17,14 @@ from langchain_core.vectorstores import InMemoryVectorStore
 
 from bge_icl import ICLEmbedder
 from langchain_bge_icl import BgeIclEmbeddings
-from tests.conftest import NOTEBOOK_DOCUMENTS, NOTEBOOK_QUERIES
+from tests.conftest import NOTEBOOK_QUERIES, SEARCH_CORPUS, SEARCH_QUERIES
 
 CORPUS = [
-    *NOTEBOOK_DOCUMENTS,
-    "Protein needs rise during pregnancy and for endurance athletes training for a marathon.",
-    "A summit is the highest point of a hill or mountain.",
-    "The G7 summit brought together the leaders of seven industrialized nations.",
-    "Virtual network interfaces let containers share one physical network card.",
-    "Lower back pain is often caused by muscle strain or poor posture.",
-    "Eggs, lentils, chicken and tofu are good sources of dietary protein.",
-    "Mount Everest's summit is 8,849 metres above sea level.",
-    "Osteoporosis weakens bones and can cause back pain in older women.",
-    "A MAC address identifies a network interface on a local network.",
+    *SEARCH_CORPUS,
     "The recommended dietary allowance of protein is 0.8 grams per kilogram of body weight.",
-    "Climbers reached the summit at dawn after a twelve-hour ascent.",
     "Stress and lack of exercise can make muscle pain worse.",
 ]
-QUERIES = [*NOTEBOOK_QUERIES, "what causes back pain", "network interface card"]
+QUERIES = SEARCH_QUERIES
 K = 4
 
 

@@ -16,22 +16,10 @@ import numpy as np
 import pytest
 
 from bge_icl import WEB_SEARCH_INSTRUCTION, ICLEmbedder
-from tests.conftest import NOTEBOOK_DOCUMENTS, NOTEBOOK_EXAMPLES, NOTEBOOK_QUERIES
+from tests.conftest import NOTEBOOK_EXAMPLES, SEARCH_CORPUS, SEARCH_QUERIES
 
-CORPUS = [
-    *NOTEBOOK_DOCUMENTS,
-    "Protein needs rise during pregnancy and for endurance athletes training for a marathon.",
-    "A summit is the highest point of a hill or mountain.",
-    "The G7 summit brought together the leaders of seven industrialized nations.",
-    "Virtual network interfaces let containers share one physical network card.",
-    "Lower back pain is often caused by muscle strain or poor posture.",
-    "Eggs, lentils, chicken and tofu are good sources of dietary protein.",
-    "Mount Everest's summit is 8,849 metres above sea level.",
-    "Osteoporosis weakens bones and can cause back pain in older women.",
-    "A MAC address identifies a network interface on a local network.",
-    "Climbers reached the summit at dawn after a twelve-hour ascent.",
-]
-QUERIES = [*NOTEBOOK_QUERIES, "what causes back pain", "network interface card"]
+CORPUS = SEARCH_CORPUS
+QUERIES = SEARCH_QUERIES
 K = 4
 
 
@@ -73,18 +61,22 @@ class BruteForce:
         scores = self.scores(query, texts)  # (N,)
         return [texts[j] for j in np.argsort(-scores, kind="stable")[:k]]
 
+    def check(self, search: Search, texts: list[str] = CORPUS, atol: float = 1e-5) -> None:
+        """For every query: ``search`` returns the top K of ``texts``, in order, with their cosine scores."""
+        for query in QUERIES:
+            hits = search(query)
+            found = [text for text, _ in hits]
+            assert found == self.top_k(query, texts)
+            np.testing.assert_allclose([score for _, score in hits], self.scores(query, found), atol=atol)
+
+    def deleted_and_kept(self) -> tuple[list[str], list[str]]:
+        """The two passages the first query ranks highest (to delete), and the rest of CORPUS."""
+        gone = self.top_k(QUERIES[0], k=2)
+        return gone, [text for text in CORPUS if text not in gone]
+
 
 # A store's search as the tests see it: a query in, the top K passages out, best first, with cosine similarities.
 Search = Callable[[str], list[tuple[str, float]]]
-
-
-def assert_brute_force(search: Search, brute: BruteForce, texts: list[str] = CORPUS, atol: float = 1e-5) -> None:
-    """For every query: ``search`` returns brute force's top K of ``texts``, in order, with its cosine scores."""
-    for query in QUERIES:
-        hits = search(query)
-        found = [text for text, _ in hits]
-        assert found == brute.top_k(query, texts)
-        np.testing.assert_allclose([score for _, score in hits], brute.scores(query, found), atol=atol)
 
 
 def random_unit_vectors(n: int, dim: int = 4096, seed: int = 0) -> np.ndarray:
@@ -104,37 +96,6 @@ def ids(namespace: str, texts: list[str] = CORPUS) -> list[str]:
     return [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{CORPUS.index(text)}")) for text in texts]
 
 
-def deleted_and_kept(brute: BruteForce) -> tuple[list[str], list[str]]:
-    """The two passages the first query ranks highest (to delete), and the rest of CORPUS."""
-    gone = brute.top_k(QUERIES[0], k=2)
-    return gone, [text for text in CORPUS if text not in gone]
-
-
-def bit_index_sql(table: str, dim: int) -> str:
-    """docs/vector-stores.md's index: HNSW over the sign bits of ``table.embedding`` (``vector(dim)``)."""
-    return f"CREATE INDEX ON {table} USING hnsw ((binary_quantize(embedding)::bit({dim})) bit_hamming_ops)"
-
-
-def recipe_sql(table: str, column: str, dim: int, where: str = "TRUE") -> str:
-    """docs/vector-stores.md's query: ``%(candidates)s`` rows of ``table`` (those matching ``where``) by Hamming
-    distance of the sign bits, re-ranked by exact cosine; returns ``column`` of the top ``%(k)s`` for ``%(q)s``."""
-    return f"""
-SELECT {column} FROM (
-    SELECT {column}, embedding FROM {table} WHERE {where}
-    ORDER BY binary_quantize(embedding)::bit({dim}) <~> binary_quantize(%(q)s::vector({dim}))
-    LIMIT %(candidates)s
-) AS candidates
-ORDER BY embedding <=> %(q)s::vector({dim})
-LIMIT %(k)s
-"""
-
-
-def recipe_top_k(conn: Any, sql: str, query: Any, candidates: int, k: int = K) -> list[Any]:
-    """Run ``recipe_sql``'s query (``hnsw.ef_search`` raised to ``candidates``): the first column of each row."""
-    conn.execute(f"SET hnsw.ef_search = {max(40, candidates)}")
-    return [row[0] for row in conn.execute(sql, {"q": query, "candidates": candidates, "k": k}).fetchall()]
-
-
 @pytest.fixture(scope="session")
 def brute(core: ICLEmbedder) -> BruteForce:
     """Brute force over the core's vectors."""
@@ -149,8 +110,3 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
     yield server.get_uri()
     server.cleanup()
-
-
-def sqlalchemy_url(uri: str, driver: str = "psycopg") -> str:
-    """``uri`` (``postgresql://...``) with a SQLAlchemy driver: ``psycopg`` (3) or ``asyncpg``."""
-    return uri.replace("postgresql://", f"postgresql+{driver}://", 1)

@@ -24,17 +24,7 @@ from llama_index.vector_stores.chroma import ChromaVectorStore
 
 from langchain_bge_icl import BgeIclEmbeddings
 from llamaindex_bge_icl import BgeIclEmbedding
-from tests.stores.conftest import (
-    CORPUS,
-    BruteForce,
-    K,
-    Search,
-    assert_brute_force,
-    deleted_and_kept,
-    exact_top_k,
-    ids,
-    random_unit_vectors,
-)
+from tests.stores.conftest import CORPUS, BruteForce, K, Search, exact_top_k, ids, random_unit_vectors
 
 COSINE = {"hnsw:space": "cosine"}
 
@@ -65,11 +55,11 @@ def test_langchain_round_trip(tmp_path: Path, tiny_dir: Path, options: dict[str,
     embeddings = BgeIclEmbeddings(model=str(tiny_dir), **options)
     store = langchain_store(tmp_path, embeddings)
     store.add_texts(CORPUS, ids=ids("lc"))
-    assert_brute_force(langchain_search(store), brute)
-    gone, kept = deleted_and_kept(brute)
+    brute.check(langchain_search(store))
+    gone, kept = brute.deleted_and_kept()
     store.delete(ids=ids("lc", gone))
     reopen()
-    assert_brute_force(langchain_search(langchain_store(tmp_path, embeddings.model_copy())), brute, kept)
+    brute.check(langchain_search(langchain_store(tmp_path, embeddings.model_copy())), kept)
 
 
 def llamaindex_store(path: Path) -> ChromaVectorStore:
@@ -88,11 +78,11 @@ def test_llamaindex_round_trip(tmp_path: Path, tiny_dir: Path, options: dict[str
     store = llamaindex_store(tmp_path)
     nodes = [TextNode(id_=i, text=text) for i, text in zip(ids("li"), CORPUS, strict=True)]
     VectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed_model)
-    assert_brute_force(llamaindex_search(store, embed_model), brute)
-    gone, kept = deleted_and_kept(brute)
+    brute.check(llamaindex_search(store, embed_model))
+    gone, kept = brute.deleted_and_kept()
     store.delete_nodes(ids("li", gone))
     reopen()
-    assert_brute_force(llamaindex_search(llamaindex_store(tmp_path), embed_model.model_copy()), brute, kept)
+    brute.check(llamaindex_search(llamaindex_store(tmp_path), embed_model.model_copy()), kept)
 
 
 def test_4096_dimensions(tmp_path: Path) -> None:

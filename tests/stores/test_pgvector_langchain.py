@@ -1,6 +1,6 @@
-"""langchain-postgres' ``PGVector`` on a real PostgreSQL + pgvector with ``BgeIclEmbeddings``: add, search, delete,
-reload; ranks and scores equal brute force over the core's vectors (queries on the query path, passages on the
-passage path). Then docs/vector-stores.md's recipe on PGVector's own table: a bit index and an exact re-rank."""
+"""langchain-postgres' ``PGVector`` with ``BgeIclEmbeddings``, as ``test_pgvector_llamaindex`` does LlamaIndex's
+store: add, search, delete and reload rank like brute force (:class:`tests.stores.conftest.BruteForce`), and
+docs/vector-stores.md's recipe (:mod:`tests.stores.recipe`) runs on PGVector's own table."""
 
 from __future__ import annotations
 
@@ -15,20 +15,8 @@ import psycopg
 from langchain_postgres import PGVector
 
 from langchain_bge_icl import BgeIclEmbeddings
-from tests.stores.conftest import (
-    CORPUS,
-    QUERIES,
-    BruteForce,
-    K,
-    Search,
-    assert_brute_force,
-    bit_index_sql,
-    deleted_and_kept,
-    ids,
-    recipe_sql,
-    recipe_top_k,
-    sqlalchemy_url,
-)
+from tests.stores.conftest import CORPUS, QUERIES, BruteForce, K, Search, ids
+from tests.stores.recipe import bit_index_sql, recipe_sql, recipe_top_k, sqlalchemy_url
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +48,7 @@ def store(postgres: str, embeddings: BgeIclEmbeddings) -> PGVector:
 
 
 def test_search_ranks_like_brute_force(store: PGVector, brute: BruteForce) -> None:
-    assert_brute_force(search(store), brute)
+    brute.check(search(store))
 
 
 def test_retriever_ranks_like_brute_force(store: PGVector, brute: BruteForce) -> None:
@@ -81,10 +69,10 @@ def test_delete_then_reload(postgres: str, embeddings: BgeIclEmbeddings, brute: 
     """Deleted ids leave the ranking; a new store object on the same collection finds what was written."""
     store = open_store(postgres, embeddings, "lc_reload")
     store.add_texts(CORPUS, ids=ids("lc_reload"))
-    gone, kept = deleted_and_kept(brute)
+    gone, kept = brute.deleted_and_kept()
     store.delete(ids=ids("lc_reload", gone))
     reloaded = open_store(postgres, embeddings.model_copy(), "lc_reload")
-    assert_brute_force(search(reloaded), brute, kept)
+    brute.check(search(reloaded), kept)
     assert len(reloaded.get_by_ids(ids("lc_reload"))) == len(kept)
 
 

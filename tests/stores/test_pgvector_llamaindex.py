@@ -1,6 +1,6 @@
-"""LlamaIndex's ``PGVectorStore`` on a real PostgreSQL + pgvector with ``BgeIclEmbedding``: add, search, delete,
-reload; ranks and scores equal brute force over the core's vectors (queries on the query path, passages on the
-passage path). Then docs/vector-stores.md's recipe on PGVectorStore's own table: a bit index and an exact re-rank."""
+"""LlamaIndex's ``PGVectorStore`` with ``BgeIclEmbedding``, on the session's PostgreSQL + pgvector: an index built,
+searched, with nodes deleted and the table reloaded ranks as brute force over the core's vectors does (queries on
+the query path, passages on the passage path); the bit-index recipe works on PGVectorStore's own table too."""
 
 from __future__ import annotations
 
@@ -19,21 +19,8 @@ from llama_index.core.vector_stores import VectorStoreQuery
 from llama_index.vector_stores.postgres import PGVectorStore
 
 from llamaindex_bge_icl import BgeIclEmbedding
-from tests.stores.conftest import (
-    CORPUS,
-    QUERIES,
-    BruteForce,
-    K,
-    Search,
-    assert_brute_force,
-    bit_index_sql,
-    deleted_and_kept,
-    ids,
-    random_unit_vectors,
-    recipe_sql,
-    recipe_top_k,
-    sqlalchemy_url,
-)
+from tests.stores.conftest import CORPUS, QUERIES, BruteForce, K, Search, ids, random_unit_vectors
+from tests.stores.recipe import bit_index_sql, recipe_sql, recipe_top_k, sqlalchemy_url
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +58,7 @@ def search(index: VectorStoreIndex) -> Search:
 
 
 def test_retriever_ranks_like_brute_force(index: VectorStoreIndex, brute: BruteForce) -> None:
-    assert_brute_force(search(index), brute)
+    brute.check(search(index))
 
 
 async def test_async_retriever_ranks_like_brute_force(index: VectorStoreIndex, brute: BruteForce) -> None:
@@ -82,18 +69,16 @@ async def test_async_retriever_ranks_like_brute_force(index: VectorStoreIndex, b
 def test_halfvec_column_ranks_like_brute_force(postgres: str, embed_model: BgeIclEmbedding, brute: BruteForce) -> None:
     """``use_halfvec=True`` stores 16-bit floats (pgvector indexes halfvec up to 4,000 dimensions, vector 2,000)."""
     index = build_index(postgres, "li_halfvec", embed_model, use_halfvec=True)
-    assert_brute_force(search(index), brute, atol=2e-3)
+    brute.check(search(index), atol=2e-3)
 
 
 def test_delete_then_reload(postgres: str, embed_model: BgeIclEmbedding, brute: BruteForce) -> None:
     """Deleted nodes leave the ranking; an index reopened from the table alone finds what was written."""
     index = build_index(postgres, "li_reload", embed_model)
-    gone, kept = deleted_and_kept(brute)
+    gone, kept = brute.deleted_and_kept()
     index.vector_store.delete_nodes(ids("li_reload", gone))
     store = open_store(postgres, "li_reload", embed_model.dimension)
-    assert_brute_force(
-        search(VectorStoreIndex.from_vector_store(store, embed_model=embed_model.model_copy())), brute, kept
-    )
+    brute.check(search(VectorStoreIndex.from_vector_store(store, embed_model=embed_model.model_copy())), kept)
 
 
 def test_bit_index_recipe_on_the_llamaindex_table(

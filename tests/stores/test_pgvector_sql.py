@@ -19,15 +19,8 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from bge_icl import ICLEmbedder
-from tests.stores.conftest import (
-    CORPUS,
-    QUERIES,
-    bit_index_sql,
-    exact_top_k,
-    random_unit_vectors,
-    recipe_sql,
-    recipe_top_k,
-)
+from tests.stores.conftest import CORPUS, QUERIES, exact_top_k, random_unit_vectors
+from tests.stores.recipe import bit_index_sql, recipe_sql, recipe_top_k
 
 DIM = 4096  # bge-en-icl's width
 N = 300

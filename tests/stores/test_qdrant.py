@@ -21,17 +21,7 @@ from qdrant_client import QdrantClient, models
 
 from langchain_bge_icl import BgeIclEmbeddings
 from llamaindex_bge_icl import BgeIclEmbedding
-from tests.stores.conftest import (
-    CORPUS,
-    BruteForce,
-    K,
-    Search,
-    assert_brute_force,
-    deleted_and_kept,
-    exact_top_k,
-    ids,
-    random_unit_vectors,
-)
+from tests.stores.conftest import CORPUS, BruteForce, K, Search, exact_top_k, ids, random_unit_vectors
 
 
 def langchain_search(store: LangChainQdrant) -> Search:
@@ -42,14 +32,14 @@ def langchain_search(store: LangChainQdrant) -> Search:
 def test_langchain_round_trip(tmp_path: Path, tiny_dir: Path, options: dict[str, Any], brute: BruteForce) -> None:
     embeddings = BgeIclEmbeddings(model=str(tiny_dir), **options)
     store = LangChainQdrant.from_texts(CORPUS, embeddings, ids=ids("lc"), path=str(tmp_path), collection_name="lc")
-    assert_brute_force(langchain_search(store), brute)
-    gone, kept = deleted_and_kept(brute)
+    brute.check(langchain_search(store))
+    gone, kept = brute.deleted_and_kept()
     store.delete(ids=ids("lc", gone))
     store.client.close()
     reopened = LangChainQdrant.from_existing_collection(
         embedding=embeddings.model_copy(), path=str(tmp_path), collection_name="lc"
     )
-    assert_brute_force(langchain_search(reopened), brute, kept)
+    brute.check(langchain_search(reopened), kept)
     reopened.client.close()
 
 
@@ -66,13 +56,13 @@ def test_llamaindex_round_trip(tmp_path: Path, tiny_dir: Path, options: dict[str
     store = LlamaIndexQdrant(client=client, collection_name="li")
     nodes = [TextNode(id_=i, text=text) for i, text in zip(ids("li"), CORPUS, strict=True)]
     VectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed_model)
-    assert_brute_force(llamaindex_search(store, embed_model), brute)
-    gone, kept = deleted_and_kept(brute)
+    brute.check(llamaindex_search(store, embed_model))
+    gone, kept = brute.deleted_and_kept()
     store.delete_nodes(ids("li", gone))
     client.close()
     client = QdrantClient(path=str(tmp_path))
     reopened = LlamaIndexQdrant(client=client, collection_name="li")
-    assert_brute_force(llamaindex_search(reopened, embed_model.model_copy()), brute, kept)
+    brute.check(llamaindex_search(reopened, embed_model.model_copy()), kept)
     client.close()
 
 
