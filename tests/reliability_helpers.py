@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -81,3 +83,24 @@ async def passes_after_cancelling(embedder: Any, start: Any) -> int:
     finally:
         hook.remove()
     return len(passes)
+
+
+async def cancel_mid_pass(model: Any, monkeypatch: pytest.MonkeyPatch, call: Callable[[], Awaitable[Any]]) -> None:
+    """Start ``call`` as a task, cancel it while ``model``'s forward pass runs (held until then), then let the
+    abandoned pass finish: the next call must find the model free."""
+    real, entered, release = model.forward, threading.Event(), threading.Event()
+
+    @functools.wraps(real)
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(TIMEOUT)  # hold the model lock until the task has been cancelled
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", gated)
+    task = asyncio.create_task(call())
+    assert await asyncio.to_thread(entered.wait, TIMEOUT)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    monkeypatch.setattr(model, "forward", real)
+    release.set()  # the abandoned worker thread finishes its pass and releases the lock

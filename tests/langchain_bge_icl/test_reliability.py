@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import re
 import threading
@@ -23,7 +22,15 @@ from bge_icl import TruncationError, TruncationWarning
 from langchain_bge_icl import BgeIclEmbeddings
 from tests.bge_icl.cases import LONG_PASSAGE, LONG_QUERY
 from tests.conftest import NOTEBOOK_DOCUMENTS, NOTEBOOK_EXAMPLES, NOTEBOOK_QUERIES
-from tests.reliability_helpers import ODD_TEXTS, TIMEOUT, FailOnce, assert_same_vectors, assert_unit, lock_is_free
+from tests.reliability_helpers import (
+    ODD_TEXTS,
+    TIMEOUT,
+    FailOnce,
+    assert_same_vectors,
+    assert_unit,
+    cancel_mid_pass,
+    lock_is_free,
+)
 
 BAD_LISTS = [
     (["a", "b", "c", None], "item 3 is NoneType, expected str"),
@@ -273,22 +280,7 @@ async def test_a_cancelled_async_call_does_not_block_the_next(
 ) -> None:
     expected = embeddings.embed_query(NOTEBOOK_QUERIES[0])
     model = embeddings.embedder.replicas[0].model
-    real, entered, release = model.forward, threading.Event(), threading.Event()
-
-    @functools.wraps(real)
-    def gated(*args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        release.wait(TIMEOUT)  # hold the model lock until the task has been cancelled
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", gated)
-    task = asyncio.create_task(embeddings.aembed_documents(NOTEBOOK_DOCUMENTS))
-    assert await asyncio.to_thread(entered.wait, TIMEOUT)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    monkeypatch.setattr(model, "forward", real)
-    release.set()  # the abandoned worker thread finishes its pass and releases the lock
+    await cancel_mid_pass(model, monkeypatch, lambda: embeddings.aembed_documents(NOTEBOOK_DOCUMENTS))
     assert await asyncio.wait_for(embeddings.aembed_query(NOTEBOOK_QUERIES[0]), TIMEOUT) == expected
 
 
