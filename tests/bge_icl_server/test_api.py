@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 
@@ -13,6 +14,7 @@ import pytest
 
 from bge_icl import ICLEmbedder
 from bge_icl_server import RunningServer
+from bge_icl_server.protocol import response_body
 from tests.bge_icl_server.conftest import PASSAGES, QUERIES, SERVED, max_diff
 
 LONG = "mountains and rivers " * 300
@@ -34,6 +36,16 @@ def test_response_shape_and_both_encodings(server: RunningServer, local: dict[st
     assert decoded.dtype == np.dtype("<f4") and decoded.shape == (3, 64)
     np.testing.assert_array_equal(decoded, np.asarray([d["embedding"] for d in floats["data"]], dtype=np.float32))
     assert max_diff(decoded, local["qa"].encode_queries(QUERIES)) <= 1e-5
+
+
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+def test_the_body_built_row_by_row_is_what_json_dumps_writes(encoding: str) -> None:
+    vectors = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)  # (3, 5)
+    model = 'qa "ünï" \\ ☃'  # escaped as json.dumps escapes it
+    rows = vectors.tolist() if encoding == "float" else [base64.b64encode(v.tobytes()).decode() for v in vectors]
+    data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
+    whole = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": 7, "total_tokens": 7}}
+    assert response_body(model, encoding, vectors, 7) == json.dumps(whole).encode()
 
 
 def test_a_single_string_is_one_input(server: RunningServer, local: dict[str, ICLEmbedder]) -> None:
