@@ -9,6 +9,7 @@ Three paths embed a batch of token-id lists:
   right-padded; the prefix's keys and values are expanded to every row in a ``DynamicCache``.
 - **shared prefix** (:func:`forward_shared_prefix`): the same rows; the decoder layers run one by one and each
   layer's attention is cascade attention (:mod:`bge_icl.cascade_attention`) against one shared copy of the prefix.
+  Everything but the attention runs on the real tokens packed together, so no matmul computes padding.
   The layers' own modules (norms, projections, rotary embedding, MLP) do the rest, so the weights and the math
   are the model's; only the attention kernel is replaced. Llama/Mistral decoder layout only.
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 
-from bge_icl.batching import RowCost, copied_prefix_cost, shared_prefix_cost
+from bge_icl.batching import RowCost, copied_prefix_cost, fused_prefix_cost, shared_prefix_cost
 from bge_icl.cascade_attention import SCORE_CHUNK, cascade_attention_chunked, cascade_attention_fused, has_fused_kernel
 from bge_icl.choices import PrefixAttention
 from bge_icl.decoder import DecoderModel, LlamaLayout
@@ -120,34 +121,48 @@ def forward_shared_prefix(
             chunks of :data:`~bge_icl.cascade_attention.SCORE_CHUNK` scores).
 
     Returns:
-        Hidden states of shape (B, T, H), after the final norm (as ``last_hidden_state``).
+        Hidden states of shape (B, T, H), after the final norm (as ``last_hidden_state``); zeros at the padding.
     """
     B, T = input_ids.shape
     P = prefix.length
     config = model.config
     Hq, Hkv = int(config.num_attention_heads), int(config.num_key_value_heads)
-    x = model.embed_tokens(input_ids)  # (B, T, H)
-    position_ids = (P + torch.arange(T, device=input_ids.device)).expand(B, T)  # (B, T)
-    cos, sin = rotary_embedding(model)(x, position_ids)  # each (B, T, d)
+    real = attention_mask.bool()  # (B, T)
+    where = real.flatten().nonzero().squeeze(1)  # (N,): the real tokens' places in the (B * T) grid
+    N = int(where.numel())
+    # The layers' own work (norms, projections, MLP) runs on the N real tokens packed into one row: no padding.
+    x = model.embed_tokens(input_ids[real])[None]  # (1, N, H)
+    positions = (P + torch.arange(T, device=input_ids.device)).expand(B, T)[real]  # (N,)
+    cos, sin = rotary_embedding(model)(x, positions[None])  # each (1, N, d)
     causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
-    allowed = causal[None] & attention_mask.bool()[:, None, :]  # (B, T, T)
+    allowed = causal[None] & real[:, None, :]  # (B, T, T)
     max_scores = SCORE_CHUNK.get(x.device.type, 2**27)
+
+    def rows(t: torch.Tensor) -> torch.Tensor:  # packed (1, heads, N, d) -> per row (B, heads, T, d), zero padding
+        grid = t.new_zeros(B * T, t.shape[1], t.shape[3])  # (B * T, heads, d)
+        grid[where] = t[0].transpose(0, 1)
+        return grid.view(B, T, t.shape[1], t.shape[3]).transpose(1, 2)
+
     for layer, (prefix_k, prefix_v) in zip(model.layers, prefix.layers, strict=True):
         attn = layer.self_attn
         d = int(attn.head_dim)
-        h = layer.input_layernorm(x)  # (B, T, H)
-        q = attn.q_proj(h).view(B, T, Hq, d).transpose(1, 2)  # (B, Hq, T, d)
-        k = attn.k_proj(h).view(B, T, Hkv, d).transpose(1, 2)  # (B, Hkv, T, d)
-        v = attn.v_proj(h).view(B, T, Hkv, d).transpose(1, 2)  # (B, Hkv, T, d)
+        h = layer.input_layernorm(x)  # (1, N, H)
+        q = attn.q_proj(h).view(1, N, Hq, d).transpose(1, 2)  # (1, Hq, N, d)
+        k = attn.k_proj(h).view(1, N, Hkv, d).transpose(1, 2)  # (1, Hkv, N, d)
+        v = attn.v_proj(h).view(1, N, Hkv, d).transpose(1, 2)  # (1, Hkv, N, d)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k, v = rows(q), rows(k), rows(v)  # (B, Hq | Hkv, T, d): attention runs per row
         pk, pv = prefix_k[0], prefix_v[0]  # (Hkv, P, d)
         if fused:
             out = cascade_attention_fused(q, k, v, pk, pv, d**-0.5)  # (B, Hq, T, d)
         else:
             out = cascade_attention_chunked(q, k, v, pk, pv, allowed, d**-0.5, max_scores)  # (B, Hq, T, d)
-        x = x + attn.o_proj(out.transpose(1, 2).reshape(B, T, Hq * d))  # (B, T, H)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))  # (B, T, H)
-    return model.norm(x)  # (B, T, H)
+        out = out.transpose(1, 2).reshape(B * T, Hq * d)[where]  # (N, Hq * d): packed again
+        x = x + attn.o_proj(out)[None]  # (1, N, H)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))  # (1, N, H)
+    hidden = x.new_zeros(B * T, x.shape[-1])  # (B * T, H)
+    hidden[where] = model.norm(x)[0]
+    return hidden.view(B, T, -1)  # (B, T, H), zeros at padding
 
 
 @torch.inference_mode()
@@ -203,7 +218,8 @@ class ForwardPath:
         device = next(model.parameters()).device
         fused = choice is PrefixAttention.SHARED and has_fused_kernel(device)
         forward = functools.partial(forward_shared_prefix, fused=fused)
-        return cls(choice, "fused" if fused else "explicit", forward, shared_prefix_cost(model.config))
+        cost = (fused_prefix_cost if fused else shared_prefix_cost)(model.config)  # no score matrix when fused
+        return cls(choice, "fused" if fused else "explicit", forward, cost)
 
     @torch.inference_mode()
     def pooled(

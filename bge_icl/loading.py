@@ -305,9 +305,30 @@ def load_model(
                 transformers.utils.logging.enable_progress_bar()
         prompt_tokenizer = PromptTokenizer(tokenizer)  # raises when there is no EOS token
         model = model.to(device).eval()
+        if model.device.type == "cpu":
+            own_weights(model)
         loaded = LoadedModel(model, prompt_tokenizer, torch.device(device), dtype, attn_implementation, key)
         _REGISTRY[key] = loaded
         return loaded
+
+
+@torch.no_grad()
+def own_weights(model: torch.nn.Module) -> int:
+    """Copy each parameter that lives in memory torch did not allocate into torch's own, one at a time; returns how
+    many were copied.
+
+    safetensors maps the checkpoint file when its dtype is the one asked for, so on the CPU such weights are the
+    file's pages (4 KiB pages, rows not even 64-byte aligned). Every pass streams all the weights through the
+    matmuls, which ran 1.2x slower from the mapping than from a copy for one query (few rows: reading the weights is
+    the pass) and 1.04x at 512 rows (bge-en-icl's real shapes, bf16; docs/benchmarks.md). The mapping's pages are
+    the page cache's, reclaimable: the copy needs the weights' size in memory once, as the mapping did to run fast.
+    """
+    copied = 0
+    for param in model.parameters():
+        if not param.untyped_storage().resizable():  # not torch's: a file mapping or a foreign buffer
+            param.data = param.data.clone()
+            copied += 1
+    return copied
 
 
 def adopt_model(model: Any, tokenizer: Any, attn_implementation: str) -> LoadedModel:
