@@ -131,7 +131,7 @@ def forward_shared_prefix(
     where = real.flatten().nonzero().squeeze(1)  # (N,): the real tokens' places in the (B * T) grid
     N = int(where.numel())
     # The layers' own work (norms, projections, MLP) runs on the N real tokens packed into one row: no padding.
-    x = model.embed_tokens(input_ids[real])[None]  # (1, N, H)
+    x = model.embed_tokens(input_ids)[real][None]  # (1, N, H)
     positions = (P + torch.arange(T, device=input_ids.device)).expand(B, T)[real]  # (N,)
     cos, sin = rotary_embedding(model)(x, positions[None])  # each (1, N, d)
     causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
