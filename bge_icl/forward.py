@@ -131,8 +131,8 @@ def forward_shared_prefix(
     where = real.flatten().nonzero().squeeze(1)  # (N,): the real tokens' places in the (B * T) grid
     N = int(where.numel())
     # The layers' own work (norms, projections, MLP) runs on the N real tokens packed into one row: no padding.
-    x = model.embed_tokens(input_ids)[real][None]  # (1, N, H)
-    positions = (P + torch.arange(T, device=input_ids.device)).expand(B, T)[real]  # (N,)
+    x = model.embed_tokens(input_ids).flatten(0, 1)[where][None]  # (1, N, H)
+    positions = (P + torch.arange(T, device=input_ids.device)).repeat(B)[where]  # (N,)
     cos, sin = rotary_embedding(model)(x, positions[None])  # each (1, N, d)
     causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
     allowed = causal[None] & real[:, None, :]  # (B, T, T)
